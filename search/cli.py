@@ -1,0 +1,173 @@
+"""The ``hpsearch`` command (also ``python -m search``, which ``ray job submit`` runs).
+
+Exit codes: 0 success, 1 the work failed (every trial errored, a checkpoint would not
+load), 2 bad input (config, storage, arguments), caught before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from search.config import Config, ConfigError, config_to_dict, load_config, smoke_config
+
+log = logging.getLogger("hpsearch")
+
+DEFAULT_CONFIG = "local.yaml"
+
+
+class UsageError(Exception):
+    """Bad input found before any work started (exit code 2)."""
+
+
+def default_config_path() -> Path:
+    """The offline default config shipped with the package (configs/local.yaml)."""
+    packaged = resources.files("search").joinpath("configs", DEFAULT_CONFIG)
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "configs" / DEFAULT_CONFIG
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path or default_config_path())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run (or resume) a search and write its tables."""
+    # Validate everything before importing Ray or TensorFlow (seconds of start-up).
+    config = _load(args.config)
+    if args.smoke_test:
+        config = smoke_config(config)
+    from search.storage import StorageError, check_writable, resolve
+
+    location = resolve(config.storage.path)
+    try:
+        check_writable(location)
+    except StorageError as exc:
+        raise UsageError(str(exc)) from None
+
+    import ray
+    from ray import tune
+
+    from search import run as search_run
+
+    experiment = search_run.experiment_path(config, location)
+    exists = tune.Tuner.can_restore(experiment, storage_filesystem=location.filesystem)
+    if args.resume and not exists:
+        raise UsageError(f"--resume: no search to resume at {experiment}")
+    if exists and not args.resume:
+        raise UsageError(
+            f"a search already exists at {experiment}: pass --resume to continue it, "
+            "or set search.name to start another"
+        )
+
+    log.info("search %s: %d trials, %d at a time, up to %d epochs each, storage %s",
+             config.search.name, config.search.num_trials, config.search.max_concurrent_trials,
+             config.max_epochs, experiment)
+    started_here = not ray.is_initialized()
+    if started_here:
+        # Connects to a running cluster when RAY_ADDRESS is set (ray job submit sets it),
+        # otherwise starts a local Ray on this machine.
+        ray.init(logging_level=logging.WARNING)
+    try:
+        if args.resume:
+            tuner = search_run.restore_tuner(config, location)
+        else:
+            tuner = search_run.build_tuner(config, location)
+        grid = tuner.fit()
+        return _summarise(config, location, grid)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _summarise(config: Config, location, grid) -> int:
+    from search import results
+    from search.config import total_epochs
+    from search.run import METRIC, MODE
+
+    rows = results.trial_rows(
+        grid, METRIC, MODE, planned_epochs=lambda c: total_epochs(config.recipe, c.get("warmup_epochs", 0))
+    )
+    paths = results.write_results(location, config.search.name, rows, results.history_table(grid))
+    best = results.best_row(rows)
+    stopped = sum(r.stopped_early for r in rows)
+    errored = sum(r.status == "ERROR" for r in rows)
+    print(f"trials: {len(rows)} ({stopped} stopped early by ASHA, {errored} errored)")
+    print(f"trials table: {paths[results.TRIALS_PARQUET]}")
+    if best is None:
+        print("no trial reported a validation accuracy", file=sys.stderr)
+        return 1
+    print(f"best validation accuracy: {best.best_val_accuracy:.4f} (trial {best.trial_id}, epoch {best.best_epoch})")
+    print(f"best configuration: {json.dumps(best.config, sort_keys=True)}")
+    print(f"best checkpoint: {best.best_checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Load a checkpoint in this process and measure it on its validation split."""
+    from trainables.evaluate import evaluate_checkpoint
+
+    path = Path(args.checkpoint)
+    if not (path / "model.keras").is_file():
+        raise UsageError(f"{path} is not a checkpoint directory (no model.keras)")
+    accuracy = evaluate_checkpoint(path)
+    print(json.dumps({"checkpoint": str(path), "val_accuracy": accuracy}))
+    return 0
+
+
+def cmd_show_config(args: argparse.Namespace) -> int:
+    """Validate a config and print it with every default filled in."""
+    import yaml
+
+    print(yaml.safe_dump(config_to_dict(_load(args.config)), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpsearch",
+        description="Hyperparameter search for fine-tuning image classifiers on Ray.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run or resume a search")
+    run.add_argument("--config", help="YAML config (default: the offline configs/local.yaml)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    run.add_argument("--smoke-test", action="store_true", help="2 tiny trials through every code path")
+    run.set_defaults(func=cmd_run)
+
+    evaluate = sub.add_parser("evaluate", help="validation accuracy of a checkpoint, in a fresh process")
+    evaluate.add_argument("checkpoint", help="a checkpoint directory (holds model.keras)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    show = sub.add_parser("config", help="validate a config and print it with defaults filled in")
+    show.add_argument("--config", help="YAML config (default: configs/local.yaml)")
+    show.set_defaults(func=cmd_show_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"hpsearch: config error: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"hpsearch: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

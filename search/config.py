@@ -1,0 +1,393 @@
+"""Search configuration: one YAML file becomes frozen, typed dataclasses.
+
+This module is the only place in hpsearch that reads YAML. Everything downstream takes
+these dataclasses. Every problem with a file is a :class:`ConfigError` that names the
+offending field (``space.dropout.high``), raised before Ray or TensorFlow start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.backbones import BACKBONES
+
+DATASETS = ("digits", "cifar10")
+STRATEGIES = ("single",)
+WEIGHTS = ("imagenet", "none")
+
+
+class ConfigError(ValueError):
+    """A config problem, tied to the dotted path of the field that caused it."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}" if field_path else message)
+        self.field = field_path
+
+
+def _bounds(low: float | None = None, high: float | None = None, *, open_low: bool = False) -> dict:
+    """Field metadata: the allowed interval of a number (or of both ends of a range)."""
+    return {"low": low, "high": high, "open_low": open_low}
+
+
+# ---------------------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A closed interval searched uniformly, or log-uniformly when ``log`` is true."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """A closed integer interval searched uniformly."""
+
+    low: int
+    high: int
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how the validation split is carved."""
+
+    # "digits" (scikit-learn's bundled handwritten digits, offline), "cifar10" (Keras
+    # loader, downloads once), or a directory in the CIFAR python-batch format.
+    dataset: str = "digits"
+    # Fraction of the training split held out for validation; the search never reads test.
+    validation_fraction: float = field(default=0.2, metadata=_bounds(0.0, 0.9, open_low=True))
+    # Side in pixels the model resizes its input to. None: the backbone's native size
+    # (B0 224 ... B7 600). Small machines set 32.
+    image_size: int | None = field(default=None, metadata=_bounds(32, 1024))
+    # Use at most this many training images (after the validation split). None: all.
+    max_train_examples: int | None = field(default=None, metadata=_bounds(1, None))
+    seed: int = field(default=0, metadata=_bounds(0, None))
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The search space: what Optuna's TPE sampler chooses per trial."""
+
+    backbones: tuple[str, ...] = ("B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7")
+    # Side of each Cutout square as a fraction of the image side (recipe: 0.4).
+    cutout_fraction: FloatRange = field(
+        default=FloatRange(0.1, 0.5), metadata=_bounds(0.0, 1.0)
+    )
+    # How many Cutout squares per image (recipe: 2).
+    cutout_count: IntRange = field(default=IntRange(0, 3), metadata=_bounds(0, 16))
+    dropout: FloatRange = field(default=FloatRange(0.2, 0.6), metadata=_bounds(0.0, 0.95))
+    # Cosine warmup length of phase 2 (recipe: 10).
+    warmup_epochs: IntRange = field(default=IntRange(2, 10), metadata=_bounds(0, 1000))
+    # Peak learning rate of phase 2, searched on a log scale (recipe: 0.025).
+    max_lr: FloatRange = field(
+        default=FloatRange(0.005, 0.1, log=True), metadata=_bounds(0.0, 10.0, open_low=True)
+    )
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The fixed parts of the fine-tuning recipe (RECIPE.md section 1)."""
+
+    # Global batch size (per replica x replicas).
+    batch_size: int = field(default=200, metadata=_bounds(1, 65536))
+    # Phase 1: backbone frozen, head only.
+    head_epochs: int = field(default=5, metadata=_bounds(0, 1000))
+    # The article does not give the head-phase rate; SGD at this constant rate.
+    head_lr: float = field(default=0.01, metadata=_bounds(0.0, 10.0, open_low=True))
+    # Phase 2 after the warmup: flat at max LR, then cosine cooldown to min LR.
+    flat_epochs: int = field(default=5, metadata=_bounds(0, 1000))
+    cooldown_epochs: int = field(default=20, metadata=_bounds(0, 1000))
+    min_lr: float = field(default=0.001, metadata=_bounds(0.0, 10.0))
+    momentum: float = field(default=0.9, metadata=_bounds(0.0, 1.0))
+    # "imagenet", "none" (train from scratch), or a path to a backbone weights file.
+    weights: str = "imagenet"
+    # Random shift of up to this fraction of the side, each direction.
+    shift_fraction: float = field(default=0.1, metadata=_bounds(0.0, 0.5))
+    # Random saturation and contrast factors are drawn from [1 - x, 1 + x].
+    saturation_delta: float = field(default=0.2, metadata=_bounds(0.0, 1.0))
+    contrast_delta: float = field(default=0.2, metadata=_bounds(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How many trials, how many at once, and ASHA's rungs."""
+
+    # Experiment name: the directory under storage.path that holds the search.
+    name: str = "hpsearch"
+    num_trials: int = field(default=16, metadata=_bounds(1, 100000))
+    max_concurrent_trials: int = field(default=2, metadata=_bounds(1, 10000))
+    seed: int = field(default=0, metadata=_bounds(0, None))
+    # Trials TPE samples at random before it models the results (Optuna's n_startup_trials).
+    startup_trials: int = field(default=8, metadata=_bounds(1, 100000))
+    # ASHA: no trial is stopped before this many epochs; a rung keeps 1/reduction_factor.
+    grace_epochs: int = field(default=3, metadata=_bounds(1, 10000))
+    reduction_factor: int = field(default=3, metadata=_bounds(2, 100))
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What one trial holds while it runs."""
+
+    strategy: str = "single"
+    workers: int = field(default=1, metadata=_bounds(1, 4096))
+    cpus_per_worker: float = field(default=1.0, metadata=_bounds(0.0, 1024.0, open_low=True))
+    gpus_per_worker: float = field(default=0.0, metadata=_bounds(0.0, 16.0))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where experiments live: a local directory or a gs:// URI."""
+
+    path: str = "./experiments"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole search configuration."""
+
+    data: DataConfig = DataConfig()
+    space: SpaceConfig = SpaceConfig()
+    recipe: RecipeConfig = RecipeConfig()
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @property
+    def max_epochs(self) -> int:
+        """Longest trial in epochs: ASHA's max_t (the warmup axis varies per trial)."""
+        return total_epochs(self.recipe, self.space.warmup_epochs.high)
+
+
+def total_epochs(recipe: RecipeConfig, warmup_epochs: int) -> int:
+    """Epochs of one trial: head phase, then warmup, flat and cooldown."""
+    return recipe.head_epochs + warmup_epochs + recipe.flat_epochs + recipe.cooldown_epochs
+
+
+def smoke_config(config: Config) -> Config:
+    """A minutes-long version of a config that still runs every code path."""
+    recipe = dataclasses.replace(
+        config.recipe,
+        batch_size=min(config.recipe.batch_size, 32),
+        head_epochs=1,
+        flat_epochs=0,
+        cooldown_epochs=1,
+    )
+    space = dataclasses.replace(
+        config.space,
+        warmup_epochs=dataclasses.replace(config.space.warmup_epochs, low=0, high=1),
+    )
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, max_train_examples=256, image_size=32),
+        recipe=recipe,
+        space=space,
+        search=dataclasses.replace(
+            config.search,
+            name=f"{config.search.name}-smoke",
+            num_trials=2,
+            max_concurrent_trials=min(2, config.search.max_concurrent_trials),
+            grace_epochs=1,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The validated, frozen :class:`Config`.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a value is not allowed; the
+            message names the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("", f"YAML syntax error in {path}{where}: {problem}") from None
+    return config_from_dict({} if raw is None else raw)
+
+
+def config_from_dict(raw: Any) -> Config:
+    """Validate a plain mapping (as parsed from YAML) into a :class:`Config`."""
+    config = _build(Config, raw, "")
+    _check_rules(config)
+    return config
+
+
+def config_to_dict(config: Any) -> dict:
+    """The plain-data form of a config (tuples become lists), for JSON and YAML."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config)
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(path or "<root>", f"expected a mapping, got {_kind(raw)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(where, f"unknown key; allowed: {', '.join(known)}")
+    values = {}
+    for name, spec in known.items():
+        if name not in raw:
+            continue
+        where = f"{path}.{name}" if path else name
+        value = _convert(hints[name], raw[name], where)
+        _check_bounds(value, spec.metadata, where)
+        values[name] = value
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, path)
+    if dataclasses.is_dataclass(hint):
+        built = _build(hint, value, path)
+        if isinstance(built, (FloatRange, IntRange)) and built.low > built.high:
+            raise ConfigError(path, f"low ({built.low}) is above high ({built.high})")
+        if isinstance(built, FloatRange) and built.log and built.low <= 0:
+            raise ConfigError(f"{path}.low", f"a log-scale range needs low > 0, got {built.low}")
+        return built
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected a list, got {_kind(value)}")
+        if not value:
+            raise ConfigError(path, "must not be empty")
+        items = tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(set(items)) != len(items):
+            raise ConfigError(path, "has duplicates")
+        return items
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {_kind(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {_kind(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(path, f"expected a finite number, got {value}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {_kind(value)}")
+        if not value.strip():
+            raise ConfigError(path, "must not be empty")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {path}")  # a bug in this module
+
+
+def _check_bounds(value: Any, meta: Any, path: str) -> None:
+    if not meta or value is None:
+        return
+    if isinstance(value, (FloatRange, IntRange)):
+        _check_bounds(value.low, meta, f"{path}.low")
+        _check_bounds(value.high, meta, f"{path}.high")
+        return
+    low, high, open_low = meta["low"], meta["high"], meta["open_low"]
+    if low is not None and (value <= low if open_low else value < low):
+        raise ConfigError(path, f"must be {'>' if open_low else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(path, f"must be <= {high}, got {value}")
+
+
+def _check_rules(config: Config) -> None:
+    """Rules that span fields or name allowed choices."""
+    for i, name in enumerate(config.space.backbones):
+        if name not in BACKBONES:
+            raise ConfigError(
+                f"space.backbones[{i}]", f"must be one of {', '.join(BACKBONES)}, got {name!r}"
+            )
+    dataset = config.data.dataset
+    if dataset not in DATASETS and not _looks_like_path(dataset):
+        raise ConfigError(
+            "data.dataset",
+            f"must be one of {', '.join(DATASETS)} or a directory path, got {dataset!r}",
+        )
+    weights = config.recipe.weights
+    if weights not in WEIGHTS and not _looks_like_path(weights):
+        raise ConfigError(
+            "recipe.weights", f"must be imagenet, none or a weights file path, got {weights!r}"
+        )
+    if config.resources.strategy not in STRATEGIES:
+        raise ConfigError(
+            "resources.strategy",
+            f"must be one of {', '.join(STRATEGIES)}, got {config.resources.strategy!r}",
+        )
+    if config.resources.strategy == "single" and config.resources.workers != 1:
+        raise ConfigError(
+            "resources.workers", f"the single strategy runs 1 worker, got {config.resources.workers}"
+        )
+    if config.search.grace_epochs > config.max_epochs:
+        raise ConfigError(
+            "search.grace_epochs",
+            f"must be <= the longest trial ({config.max_epochs} epochs), "
+            f"got {config.search.grace_epochs}",
+        )
+    if config.max_epochs - config.recipe.head_epochs < 1:
+        raise ConfigError(
+            "recipe.cooldown_epochs", "phase 2 (warmup + flat + cooldown) needs at least 1 epoch"
+        )
+    if config.recipe.min_lr > config.space.max_lr.low:
+        raise ConfigError(
+            "recipe.min_lr",
+            f"must be <= space.max_lr.low ({config.space.max_lr.low}), got {config.recipe.min_lr}",
+        )
+    storage = config.storage.path
+    if "://" in storage and not storage.startswith(("gs://", "file://")):
+        raise ConfigError("storage.path", f"must be a local path or gs:// URI, got {storage!r}")
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or value.startswith(".") or value.endswith((".h5", ".keras"))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"{type(value).__name__} {value!r}"
+    )

@@ -1,0 +1,158 @@
+"""What a finished search leaves in its experiment directory.
+
+- ``trials.parquet`` and ``trials.csv``: one row per trial: its sampled configuration,
+  status, epochs run, best validation accuracy, the epoch of that best, and the path of
+  its best checkpoint;
+- ``history.parquet``: every epoch report of every trial (learning curves);
+- ``best_config.json``: the best trial's configuration, accuracy and checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from search.storage import Location
+from trainables.spec import SEARCHED
+
+TRIALS_PARQUET = "trials.parquet"
+TRIALS_CSV = "trials.csv"
+HISTORY_PARQUET = "history.parquet"
+BEST_JSON = "best_config.json"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    trial_id: str
+    status: str
+    config: dict[str, Any]
+    epochs_run: int
+    planned_epochs: int
+    best_val_accuracy: float
+    best_epoch: int
+    best_checkpoint: str | None
+    error: str | None
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.status == "TERMINATED" and self.epochs_run < self.planned_epochs
+
+
+def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any) -> list[TrialRow]:
+    """One row per trial of a Tune ResultGrid.
+
+    Args:
+        result_grid: what ``Tuner.fit()`` returned.
+        metric, mode: the search's metric, e.g. ``val_accuracy``, ``max``.
+        planned_epochs: function of a trial's config giving the epochs it would run
+            unstopped (the warmup axis makes it differ per trial).
+    """
+    rows = []
+    for result in result_grid:
+        frame = result.metrics_dataframe
+        has_metric = frame is not None and metric in frame and frame[metric].notna().any()
+        if has_metric:
+            best_index = frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()
+            best_value = float(frame[metric][best_index])
+            best_epoch = int(frame["epoch"][best_index])
+            epochs_run = int(frame["epoch"].max())
+        else:
+            best_value, best_epoch, epochs_run = math.nan, 0, 0
+        best = result.get_best_checkpoint(metric, mode) if has_metric and result.best_checkpoints else None
+        config = {k: result.config[k] for k in SEARCHED if k in result.config}
+        rows.append(
+            TrialRow(
+                trial_id=_trial_id(result),
+                status="ERROR" if result.error else "TERMINATED",
+                config=config,
+                epochs_run=epochs_run,
+                planned_epochs=int(planned_epochs(config)),
+                best_val_accuracy=best_value,
+                best_epoch=best_epoch,
+                best_checkpoint=best.path if best is not None else None,
+                error=str(result.error).splitlines()[0] if result.error else None,
+            )
+        )
+    return sorted(rows, key=lambda r: r.trial_id)
+
+
+def _trial_id(result: Any) -> str:
+    return str(result.metrics.get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def rows_table(rows: list[TrialRow]) -> pa.Table:
+    columns: dict[str, list[Any]] = {"trial_id": [r.trial_id for r in rows], "status": [r.status for r in rows]}
+    for name in SEARCHED:
+        columns[name] = [r.config.get(name) for r in rows]
+    columns.update(
+        epochs_run=[r.epochs_run for r in rows],
+        planned_epochs=[r.planned_epochs for r in rows],
+        stopped_early=[r.stopped_early for r in rows],
+        best_val_accuracy=[r.best_val_accuracy for r in rows],
+        best_epoch=[r.best_epoch for r in rows],
+        best_checkpoint=[r.best_checkpoint for r in rows],
+        error=[r.error for r in rows],
+    )
+    return pa.table(columns)
+
+
+def history_table(result_grid: Any) -> pa.Table:
+    """Every reported epoch of every trial, with the trial's sampled configuration."""
+    frames = []
+    for result in result_grid:
+        frame = result.metrics_dataframe
+        if frame is None or frame.empty:
+            continue
+        frame = frame.copy()
+        frame["trial_id"] = _trial_id(result)
+        for name in SEARCHED:
+            frame[name] = result.config.get(name)
+        keep = ["trial_id", "epoch", "phase", "lr", "train_loss", "train_accuracy", "val_accuracy", *SEARCHED]
+        frames.append(frame[[c for c in keep if c in frame]])
+    if not frames:
+        return pa.table({"trial_id": pa.array([], pa.string())})
+    import pandas as pd
+
+    return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+
+
+def best_row(rows: list[TrialRow]) -> TrialRow | None:
+    scored = [r for r in rows if not math.isnan(r.best_val_accuracy)]
+    return max(scored, key=lambda r: r.best_val_accuracy) if scored else None
+
+
+def write_results(location: Location, experiment: str, rows: list[TrialRow], history: pa.Table) -> dict[str, str]:
+    """Write the tables and best configuration into the experiment directory.
+
+    Returns:
+        The written paths by name.
+    """
+    fs = location.filesystem
+    base = location.join(experiment)
+    paths = {name: f"{base}/{name}" for name in (TRIALS_PARQUET, TRIALS_CSV, HISTORY_PARQUET, BEST_JSON)}
+    table = rows_table(rows)
+    pq.write_table(table, paths[TRIALS_PARQUET], filesystem=fs)
+    with fs.open_output_stream(paths[TRIALS_CSV]) as out:
+        pacsv.write_csv(table, out)
+    pq.write_table(history, paths[HISTORY_PARQUET], filesystem=fs)
+    best = best_row(rows)
+    payload = (
+        {
+            "trial_id": best.trial_id,
+            "config": best.config,
+            "best_val_accuracy": best.best_val_accuracy,
+            "best_epoch": best.best_epoch,
+            "best_checkpoint": best.best_checkpoint,
+        }
+        if best
+        else {}
+    )
+    with fs.open_output_stream(paths[BEST_JSON]) as out:
+        out.write(json.dumps(payload, indent=2).encode())
+    return paths

@@ -1,0 +1,140 @@
+"""Config loading: every kind of bad file is rejected with its field named, before Ray."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load_config(path)
+    assert isinstance(config, Config)
+    # and round-trip through their plain form
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_values_are_typed(tmp_path):
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            space:
+              backbones: [B0, B3]
+              max_lr: {low: 0.01, high: 0.1, log: true}
+            recipe: {min_lr: 0}
+            """,
+        )
+    )
+    assert config.space.backbones == ("B0", "B3")
+    assert config.space.max_lr.log is True
+    assert isinstance(config.recipe.min_lr, float)
+    with pytest.raises(AttributeError):
+        config.search.seed = 3  # frozen
+
+
+BAD = {
+    "unknown top-level key": ("serch: {}", "serch"),
+    "unknown nested key": ("search: {num_trails: 4}", "search.num_trails"),
+    "wrong type (string for int)": ("search: {num_trials: eight}", "search.num_trials"),
+    "wrong type (bool for int)": ("recipe: {batch_size: true}", "recipe.batch_size"),
+    "wrong type (list for mapping)": ("data: [digits]", "data"),
+    "wrong type (number for range)": ("space: {dropout: 0.3}", "space.dropout"),
+    "out of range (negative)": ("recipe: {head_epochs: -1}", "recipe.head_epochs"),
+    "out of range (fraction above 1)": ("data: {validation_fraction: 1.5}", "data.validation_fraction"),
+    "out of range (range end)": ("space: {dropout: {low: 0.1, high: 0.99}}", "space.dropout.high"),
+    "out of range (zero lr)": ("recipe: {head_lr: 0}", "recipe.head_lr"),
+    "minimum above maximum": ("space: {cutout_count: {low: 3, high: 1}}", "space.cutout_count"),
+    "minimum above maximum (float)": ("space: {max_lr: {low: 0.1, high: 0.01, log: true}}", "space.max_lr"),
+    "log range from zero": ("space: {max_lr: {low: 0.0, high: 0.1, log: true}}", "space.max_lr.low"),
+    "empty choice": ("space: {backbones: []}", "space.backbones"),
+    "unknown choice": ("space: {backbones: [B0, B9]}", "space.backbones[1]"),
+    "duplicate choice": ("space: {backbones: [B0, B0]}", "space.backbones"),
+    "unknown dataset": ("data: {dataset: mnist}", "data.dataset"),
+    "unknown strategy": ("resources: {strategy: horovod}", "resources.strategy"),
+    "unknown weights": ("recipe: {weights: imagenet21k}", "recipe.weights"),
+    "empty string": ("search: {name: ''}", "search.name"),
+    "grace beyond max epochs": ("search: {grace_epochs: 500}", "search.grace_epochs"),
+    "min lr above max lr": ("recipe: {min_lr: 0.5}", "recipe.min_lr"),
+    "bad storage scheme": ("storage: {path: 's3://bucket/x'}", "storage.path"),
+    "infinite number": ("recipe: {momentum: .inf}", "recipe.momentum"),
+    "null where required": ("recipe: {batch_size: null}", "recipe.batch_size"),
+}
+
+
+@pytest.mark.parametrize(("text", "field"), BAD.values(), ids=BAD.keys())
+def test_bad_values_name_their_field(tmp_path, text, field):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.field == field
+    assert str(info.value).startswith(field)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match="YAML syntax error .* line 3"):
+        load_config(write(tmp_path, "search:\n  seed: 1\n  name: a: b\n"))
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("search: {num_trails: 4}", "search.num_trails: unknown key"),
+        ("space: {backbones: []}", "space.backbones: must not be empty"),
+        ("space: {dropout: {low: 0.5, high: 0.1}}", "space.dropout: low (0.5) is above high (0.1)"),
+        (None, "config file not found"),
+        ("a: [b", "YAML syntax error"),
+    ],
+)
+def test_cli_rejects_bad_config_before_ray(tmp_path, text, needle):
+    path = tmp_path / "missing.yaml" if text is None else write(tmp_path, text)
+    probe = (
+        "import sys; from search.cli import main; "
+        f"rc = main(['run', '--config', {str(path)!r}]); "
+        "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("hpsearch:")]
+    assert len(errors) == 1 and needle in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert "ray imported: False" in done.stdout
+
+
+def test_config_command_prints_defaults(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "search", "config", "--config", str(write(tmp_path, "search: {seed: 7}"))],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["search"]["seed"] == 7
+    assert printed["recipe"]["batch_size"] == 200

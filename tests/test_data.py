@@ -1,0 +1,69 @@
+"""Data sources and splits: digits (shipped with scikit-learn) and CIFAR batch directories."""
+
+import numpy as np
+import pytest
+
+from trainables.data import Split, load_test, load_train_val, write_cifar_batches
+
+
+def test_digits_are_32px_rgb_and_split_by_seed():
+    a = load_train_val("digits", 0.2, seed=1)
+    b = load_train_val("digits", 0.2, seed=1)
+    c = load_train_val("digits", 0.2, seed=2)
+    assert a.train.images.shape[1:] == (32, 32, 3) and a.train.images.dtype == np.uint8
+    assert a.num_classes == 10
+    assert np.array_equal(a.val.labels, b.val.labels) and np.array_equal(a.val.images, b.val.images)
+    assert not np.array_equal(a.val.images, c.val.images)
+    # every class appears in validation (stratified)
+    assert set(np.unique(a.val.labels)) == set(range(10))
+    # real digits: ink in the middle, background at the edges, grey (R == G == B)
+    assert a.train.images[:, 12:20, 12:20].mean() > a.train.images[:, :2, :2].mean()
+    assert np.array_equal(a.train.images[..., 0], a.train.images[..., 2])
+
+
+def test_digits_test_split_is_fixed_and_disjoint():
+    test = load_test("digits")
+    tv = load_train_val("digits", 0.2, seed=5)
+    assert len(test) + len(tv.train) + len(tv.val) == 1797
+    seen = {img.tobytes() for img in np.concatenate([tv.train.images, tv.val.images])}
+    # digits has a few exact duplicate images; nearly all test images are unseen
+    assert sum(img.tobytes() in seen for img in test.images) < 0.05 * len(test)
+    assert np.array_equal(load_test("digits").labels, test.labels)
+
+
+def test_max_train_examples():
+    tv = load_train_val("digits", 0.2, seed=0, max_train_examples=100)
+    assert len(tv.train) == 100
+
+
+def test_cifar_batch_directory_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    train = Split(rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8), np.arange(50) % 10)
+    test = Split(rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10)
+    write_cifar_batches(tmp_path, train, test, per_batch=20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "test_batch",
+    ]
+    loaded_test = load_test(str(tmp_path))
+    assert np.array_equal(loaded_test.images, test.images)
+    tv = load_train_val(str(tmp_path), 0.2, seed=0)
+    assert len(tv.train) + len(tv.val) == 50
+    together = np.concatenate([tv.train.images, tv.val.images])
+    assert {x.tobytes() for x in together} == {x.tobytes() for x in train.images}
+
+
+def test_cifar_directory_layout_matches_keras_reader(tmp_path):
+    """The files read back with Keras's own CIFAR batch reader, image for image."""
+    from keras.src.datasets.cifar import load_batch
+
+    rng = np.random.default_rng(1)
+    train = Split(rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), np.arange(10) % 10)
+    write_cifar_batches(tmp_path, train, train)
+    data, labels = load_batch(str(tmp_path / "data_batch_1"))
+    assert np.array_equal(data.transpose(0, 2, 3, 1), train.images)
+    assert list(labels) == list(train.labels)
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.dataset"):
+        load_train_val(str(tmp_path / "absent"), 0.2, seed=0)

@@ -1,0 +1,73 @@
+"""The recipe's learning-rate rule, as pure functions (RECIPE.md section 1).
+
+Phase 2 (full fine-tuning) runs a cosine warmup from ``min_lr`` to ``max_lr``, holds
+``max_lr`` flat, then a cosine cooldown back to ``min_lr``. The article: warmup 10, flat
+5, cooldown 20 epochs, min 0.001, max 0.025. Phase 1 (head only) uses a constant rate.
+The training loop only calls these functions; nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Warmup / flat / cooldown, in epochs of phase 2."""
+
+    warmup_epochs: int
+    flat_epochs: int
+    cooldown_epochs: int
+    min_lr: float
+    max_lr: float
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_epochs", "flat_epochs", "cooldown_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr <= self.max_lr:
+            raise ValueError(f"need 0 <= min_lr <= max_lr, got {self.min_lr}, {self.max_lr}")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.flat_epochs + self.cooldown_epochs
+
+
+def learning_rate(schedule: LRSchedule, epoch: float) -> float:
+    """The learning rate at a (fractional) epoch of phase 2.
+
+    Args:
+        schedule: the phase-2 schedule.
+        epoch: epochs elapsed since phase 2 began; 2.5 is halfway through the third epoch.
+
+    Returns:
+        The rate: ``min_lr`` at 0, rising on a half cosine to ``max_lr`` at the end of the
+        warmup, flat, then falling on a half cosine to ``min_lr`` at the end.
+    """
+    lo, hi = schedule.min_lr, schedule.max_lr
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if epoch < schedule.warmup_epochs:
+        progress = epoch / schedule.warmup_epochs
+        return lo + (hi - lo) * (1 - math.cos(math.pi * progress)) / 2
+    epoch -= schedule.warmup_epochs
+    if epoch < schedule.flat_epochs:
+        return hi
+    epoch -= schedule.flat_epochs
+    if epoch < schedule.cooldown_epochs:
+        progress = epoch / schedule.cooldown_epochs
+        return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
+    return lo
+
+
+def scaled_max_lr(base_lr: float, global_batch: int, base_batch: int = 200) -> float:
+    """Linear scaling rule: the peak rate grows with the global batch.
+
+    Goyal et al. 2017, "Accurate, Large Minibatch SGD" (section 2.1): when the minibatch
+    is multiplied by k, multiply the learning rate by k. The recipe's 0.025 is for a batch
+    of 200.
+    """
+    if global_batch < 1 or base_batch < 1:
+        raise ValueError(f"batches must be >= 1, got {global_batch} and {base_batch}")
+    return base_lr * global_batch / base_batch

@@ -1,0 +1,216 @@
+"""The per-worker training function: the recipe's two phases, one report per epoch.
+
+Keras path: Keras 3 with a custom training step run under ``strategy.run``, not
+``model.fit``. Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy
+(keras-team/keras#20585); a custom step works under every ``tf.distribute`` strategy,
+so the single-process, multi-worker and TPU trials share this one loop. It also applies
+the learning-rate rule per step, which is what the recipe's schedule needs.
+
+:func:`train_trial` knows nothing of Tune or Ray: it takes a :class:`Reporter` and calls
+it once per epoch with the metrics and a checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainables import checkpoint as ckpt
+from trainables.augment import eval_dataset, train_dataset
+from trainables.data import TrainVal, load_train_val
+from trainables.model import ModelSpec, build_model, set_phase
+from trainables.schedule import learning_rate
+from trainables.spec import TrialSpec
+
+log = logging.getLogger(__name__)
+
+# Called once per epoch with the metrics and the checkpoint directory of that epoch
+# (None on workers that do not write checkpoints). The directory may be deleted after
+# the call returns, so a reporter that keeps it must copy it.
+Reporter = Callable[[dict[str, Any], "Path | None"], None]
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Where this worker stands in its trial."""
+
+    strategy: tf.distribute.Strategy | None = None  # None: the default strategy
+    num_workers: int = 1
+    worker_index: int = 0
+
+    @property
+    def is_chief(self) -> bool:
+        return self.worker_index == 0
+
+
+def phase_of(epoch: int, head_epochs: int) -> str:
+    """The phase an epoch (0-based) belongs to."""
+    return "head" if epoch < head_epochs else "finetune"
+
+
+def step_learning_rate(spec: TrialSpec, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The rate for one step: constant in the head phase, the recipe's rule in phase 2."""
+    if epoch < spec.head_epochs:
+        return spec.head_lr
+    return learning_rate(spec.schedule, epoch - spec.head_epochs + step / steps_per_epoch)
+
+
+class PhaseStep:
+    """The optimizer and compiled steps of one phase (rebuilt when the phase changes)."""
+
+    def __init__(self, model: keras.Model, spec: TrialSpec, strategy: tf.distribute.Strategy, global_batch: int):
+        self.optimizer = keras.optimizers.SGD(learning_rate=spec.head_lr, momentum=spec.momentum)
+        variables = model.trainable_variables
+        self.optimizer.build(variables)
+
+        def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            with tf.GradientTape() as tape:
+                probs = model(images, training=True)
+                per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+                # Sum over the replica's examples / global batch: the all-reduced gradient
+                # is then the mean over the global batch.
+                loss = tf.reduce_sum(per_example) / global_batch
+            grads = tape.gradient(loss, variables)
+            self.optimizer.apply_gradients(zip(grads, variables))
+            correct = tf.reduce_sum(tf.cast(tf.argmax(probs, axis=-1) == labels, tf.float32))
+            return loss, correct
+
+        @tf.function
+        def train_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            loss, correct = strategy.run(replica_step, args=(images, labels))
+            sum_ = tf.distribute.ReduceOp.SUM
+            return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, correct, axis=None)
+
+        self.train_step = train_step
+
+
+def _evaluate(model: keras.Model, data: tf.data.Dataset) -> float:
+    # Validation runs whole on every worker: the split is small next to training, and
+    # every worker then reports the same number.
+    @tf.function
+    def predict(images: tf.Tensor) -> tf.Tensor:
+        return model(images, training=False)
+
+    correct, total = 0, 0
+    for images, labels in data:
+        predicted = np.argmax(predict(images).numpy(), axis=-1)
+        correct += int(np.sum(predicted == labels.numpy()))
+        total += len(predicted)
+    return correct / max(total, 1)
+
+
+def train_trial(
+    spec: TrialSpec,
+    report: Reporter,
+    *,
+    context: WorkerContext = WorkerContext(),
+    resume_from: Path | None = None,
+    data: TrainVal | None = None,
+) -> dict[str, Any]:
+    """Run one trial of the recipe on this worker.
+
+    Args:
+        spec: the trial.
+        report: called once per epoch (see :data:`Reporter`).
+        context: the distribution strategy and this worker's place in it.
+        resume_from: a checkpoint directory of this trial to continue from.
+        data: preloaded splits (tests); None loads them from ``spec``.
+
+    Returns:
+        The last epoch's metrics.
+    """
+    strategy = context.strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if spec.batch_size % replicas:
+        raise ValueError(f"batch_size {spec.batch_size} is not divisible by {replicas} replicas")
+    keras.utils.set_random_seed(spec.seed)
+    if data is None:
+        data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples)
+    steps_per_epoch = len(data.train) // spec.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(data.train)} training images are fewer than one batch of {spec.batch_size}")
+    # Each worker reads its own shard and steps with its share of the global batch.
+    per_worker_batch = spec.batch_size // context.num_workers
+    steps_per_epoch = min(steps_per_epoch, (len(data.train) // context.num_workers) // per_worker_batch)
+    val_data = eval_dataset(data.val.images, data.val.labels, batch_size=max(per_worker_batch, 64))
+
+    with strategy.scope():
+        model = build_model(
+            ModelSpec(
+                backbone=spec.backbone,
+                num_classes=data.num_classes,
+                dropout=spec.dropout,
+                weights=spec.weights,
+                image_size=spec.image_size,
+            )
+        )
+    start_epoch = 0
+    if resume_from is not None:
+        state = ckpt.read_state(resume_from)
+        model.load_weights(Path(resume_from) / ckpt.MODEL_FILE)
+        start_epoch = state.epoch
+        log.info("resuming %s at epoch %d", spec.backbone, start_epoch)
+
+    phase_name, phase = None, None
+    metrics: dict[str, Any] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="hpsearch-ckpt-"))
+    try:
+        for epoch in range(start_epoch, spec.total_epochs):
+            if phase_of(epoch, spec.head_epochs) != phase_name:
+                phase_name = phase_of(epoch, spec.head_epochs)
+                set_phase(model, phase_name)
+                with strategy.scope():
+                    phase = PhaseStep(model, spec, strategy, spec.batch_size)
+                if resume_from is not None and epoch == start_epoch and state.phase == phase_name:
+                    ckpt.restore_optimizer(resume_from, phase.optimizer)
+            dataset = train_dataset(
+                data.train.images,
+                data.train.labels,
+                per_worker_batch,
+                spec.augment,
+                spec.seed,
+                epoch,
+                shard=(context.num_workers, context.worker_index),
+            ).take(steps_per_epoch)
+            if context.num_workers > 1:
+                dataset = strategy.experimental_distribute_dataset(
+                    dataset,
+                    tf.distribute.InputOptions(experimental_fetch_to_device=False),
+                )
+            loss_sum, correct_sum, seen = 0.0, 0.0, 0
+            for step, (images, labels) in enumerate(dataset):
+                phase.optimizer.learning_rate.assign(step_learning_rate(spec, epoch, step, steps_per_epoch))
+                loss, correct = phase.train_step(images, labels)
+                loss_sum += float(loss)
+                correct_sum += float(correct)
+                seen += spec.batch_size
+            metrics = {
+                "epoch": epoch + 1,
+                "phase": phase_name,
+                "lr": float(phase.optimizer.learning_rate.numpy()),
+                "train_loss": loss_sum / max(step + 1, 1),
+                "train_accuracy": correct_sum / max(seen, 1),
+                "val_accuracy": _evaluate(model, val_data),
+            }
+            log.info("epoch %d/%d %s", epoch + 1, spec.total_epochs, metrics)
+            directory = None
+            if context.is_chief:
+                directory = scratch / f"epoch_{epoch + 1:04d}"
+                ckpt.save_checkpoint(
+                    directory, model, phase.optimizer, ckpt.CheckpointState(spec, epoch + 1, phase_name, metrics)
+                )
+            report(metrics, directory)
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return metrics
