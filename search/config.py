@@ -119,6 +119,9 @@ class RecipeConfig:
     # Random saturation and contrast factors are drawn from [1 - x, 1 + x].
     saturation_delta: float = field(default=0.2, metadata=_bounds(0.0, 1.0))
     contrast_delta: float = field(default=0.2, metadata=_bounds(0.0, 1.0))
+    # Random horizontal flip. Right for photographs (CIFAR); wrong for digits, where a
+    # mirrored 2 or 7 is no longer the same glyph.
+    flip: bool = True
 
 
 @dataclass(frozen=True)

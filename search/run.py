@@ -44,6 +44,7 @@ def fixed_spec_fields(config: Config) -> dict[str, Any]:
         "shift_fraction": recipe.shift_fraction,
         "saturation_delta": recipe.saturation_delta,
         "contrast_delta": recipe.contrast_delta,
+        "flip": recipe.flip,
         "seed": config.search.seed,
     }
 

@@ -59,7 +59,8 @@ def build_model(spec: ModelSpec) -> keras.Model:
     x = inputs
     if side != spec.input_side:
         x = keras.layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
-    # training=False: BatchNormalization runs in inference mode in both phases.
+    # training=False: BatchNormalization in inference mode in both phases; set_phase
+    # also freezes those layers, since Keras 3 overrides this flag during training.
     x = base(x, training=False) if batchnorm_frozen(spec.weights) else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(spec.dropout, name="dropout")(x)
@@ -99,12 +100,25 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_LAYER)
 
 
-def set_phase(model: keras.Model, phase: str) -> None:
-    """Freeze the backbone for ``"head"``, unfreeze everything for ``"finetune"``.
+def set_phase(model: keras.Model, phase: str, *, freeze_batchnorm: bool) -> None:
+    """Freeze the backbone for ``"head"``; unfreeze it for ``"finetune"``.
+
+    With ``freeze_batchnorm`` the BatchNormalization layers stay frozen when the rest of
+    the backbone is unfrozen. ``training=False`` on the backbone call is not enough in
+    Keras 3: a Functional model passes its own ``training`` argument to every nested
+    layer (``keras/src/models/functional.py``, ``operation_fn``), so ``model(x,
+    training=True)`` would update the pretrained statistics. A BatchNormalization layer
+    with ``trainable=False`` runs in inference mode whatever ``training`` says (RECIPE.md
+    section 5), as in keras-io's EfficientNet fine-tuning example.
 
     Unfreezing changes ``trainable_variables``, so the training step must be rebuilt (the
-    Keras equivalent of compiling again, RECIPE.md section 5).
+    Keras equivalent of compiling again).
     """
     if phase not in ("head", "finetune"):
         raise ValueError(f"phase must be 'head' or 'finetune', got {phase!r}")
-    backbone_of(model).trainable = phase == "finetune"
+    backbone = backbone_of(model)
+    backbone.trainable = phase == "finetune"
+    if phase == "finetune" and freeze_batchnorm:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False

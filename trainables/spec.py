@@ -46,6 +46,7 @@ class TrialSpec:
     shift_fraction: float
     saturation_delta: float
     contrast_delta: float
+    flip: bool
     # sampled
     backbone: str
     cutout_fraction: float
@@ -78,6 +79,7 @@ class TrialSpec:
             cutout_count=self.cutout_count,
             saturation_delta=self.saturation_delta,
             contrast_delta=self.contrast_delta,
+            flip=self.flip,
         )
 
     def to_dict(self) -> dict[str, Any]:

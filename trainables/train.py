@@ -27,7 +27,7 @@ import tensorflow as tf
 from trainables import checkpoint as ckpt
 from trainables.augment import eval_dataset, train_dataset
 from trainables.data import TrainVal, load_train_val
-from trainables.model import ModelSpec, build_model, set_phase
+from trainables.model import ModelSpec, batchnorm_frozen, build_model, set_phase
 from trainables.schedule import learning_rate
 from trainables.spec import TrialSpec
 
@@ -65,10 +65,23 @@ def step_learning_rate(spec: TrialSpec, epoch: int, step: int, steps_per_epoch: 
 
 
 class PhaseStep:
-    """The optimizer and compiled steps of one phase (rebuilt when the phase changes)."""
+    """The optimizer and compiled training step of one phase.
 
-    def __init__(self, model: keras.Model, spec: TrialSpec, strategy: tf.distribute.Strategy, global_batch: int):
-        self.optimizer = keras.optimizers.SGD(learning_rate=spec.head_lr, momentum=spec.momentum)
+    Built anew when the phase changes: unfreezing changes the trainable variables, and
+    a fresh SGD starts phase 2 with no momentum from the head phase (as recompiling does
+    in RECIPE.md section 5). Build it inside ``strategy.scope()``.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        learning_rate: float,
+        momentum: float,
+        strategy: tf.distribute.Strategy,
+        global_batch: int,
+    ):
+        self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
         variables = model.trainable_variables
         self.optimizer.build(variables)
 
@@ -167,9 +180,15 @@ def train_trial(
         for epoch in range(start_epoch, spec.total_epochs):
             if phase_of(epoch, spec.head_epochs) != phase_name:
                 phase_name = phase_of(epoch, spec.head_epochs)
-                set_phase(model, phase_name)
+                set_phase(model, phase_name, freeze_batchnorm=batchnorm_frozen(spec.weights))
                 with strategy.scope():
-                    phase = PhaseStep(model, spec, strategy, spec.batch_size)
+                    phase = PhaseStep(
+                        model,
+                        learning_rate=spec.head_lr,
+                        momentum=spec.momentum,
+                        strategy=strategy,
+                        global_batch=spec.batch_size,
+                    )
                 if resume_from is not None and epoch == start_epoch and state.phase == phase_name:
                     ckpt.restore_optimizer(resume_from, phase.optimizer)
             dataset = train_dataset(

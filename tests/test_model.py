@@ -1,0 +1,100 @@
+"""The two phases: a frozen backbone stays put; an unfrozen one learns, BN statistics fixed."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainables.model import ModelSpec, backbone_of, batchnorm_frozen, build_model, set_phase
+from trainables.train import PhaseStep
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A backbone weights file: the 'path to weights' option, standing in for ImageNet
+    weights, which cannot be downloaded here. Any file of saved weights counts as
+    pretrained, so BatchNormalization is frozen as with ImageNet weights."""
+    path = tmp_path_factory.mktemp("weights") / "b0.weights.h5"
+    keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    return str(path)
+
+
+def batch():
+    rng = np.random.default_rng(0)
+    return tf.constant(rng.uniform(0, 255, (8, 32, 32, 3)), tf.float32), tf.constant(np.arange(8) % 10)
+
+
+def snapshot(layer):
+    return [w.numpy().copy() for w in layer.weights]
+
+
+def bn_statistics(model):
+    return [
+        (l.moving_mean.numpy().copy(), l.moving_variance.numpy().copy())
+        for l in backbone_of(model).layers
+        if isinstance(l, keras.layers.BatchNormalization)
+    ]
+
+
+def one_step(model, lr=0.05):
+    strategy = tf.distribute.get_strategy()
+    step = PhaseStep(model, learning_rate=lr, momentum=0.9, strategy=strategy, global_batch=8)
+    loss, correct = step.train_step(*batch())
+    assert np.isfinite(float(loss))
+
+
+def test_model_shape_and_resize():
+    model = build_model(ModelSpec("B0", num_classes=10, dropout=0.3, weights="none"))
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.output_shape == (None, 10)
+    assert model.get_layer("resize").get_config()["height"] == 224  # B0's native size
+    assert model.get_layer("dropout").rate == pytest.approx(0.3)
+    assert model.get_layer("head").activation.__name__ == "softmax"
+
+
+def test_phase1_backbone_does_not_change(weights_file):
+    model = build_model(ModelSpec("B0", 10, 0.2, weights=weights_file, image_size=32))
+    set_phase(model, "head", freeze_batchnorm=True)
+    backbone_before = snapshot(backbone_of(model))
+    head_before = snapshot(model.get_layer("head"))
+    one_step(model)
+    assert all(np.array_equal(a, b) for a, b in zip(backbone_before, snapshot(backbone_of(model))))
+    assert not all(np.array_equal(a, b) for a, b in zip(head_before, snapshot(model.get_layer("head"))))
+
+
+def test_phase2_backbone_learns_with_bn_statistics_fixed(weights_file):
+    assert batchnorm_frozen(weights_file)
+    model = build_model(ModelSpec("B0", 10, 0.2, weights=weights_file, image_size=32))
+    set_phase(model, "finetune", freeze_batchnorm=True)
+    kernels = [l for l in backbone_of(model).layers if isinstance(l, keras.layers.Conv2D)]
+    kernels_before = [l.kernel.numpy().copy() for l in kernels]
+    stats_before = bn_statistics(model)
+    one_step(model)
+    changed = [not np.array_equal(a, l.kernel.numpy()) for a, l in zip(kernels_before, kernels)]
+    # Most kernels move after one step (some get no gradient at this random stand-in's
+    # 0/1 statistics); the first and last convolutions always do.
+    assert sum(changed) > len(kernels) / 2 and changed[0] and changed[-1]
+    stats_after = bn_statistics(model)
+    assert len(stats_before) == 49
+    for (m0, v0), (m1, v1) in zip(stats_before, stats_after):
+        assert np.array_equal(m0, m1) and np.array_equal(v0, v1)
+
+
+def test_scratch_backbone_trains_its_bn_statistics():
+    """With no pretrained weights there is nothing to protect: BN learns its statistics."""
+    assert not batchnorm_frozen("none")
+    model = build_model(ModelSpec("B0", 10, 0.2, weights="none", image_size=32))
+    set_phase(model, "finetune", freeze_batchnorm=False)
+    before = bn_statistics(model)
+    one_step(model)
+    after = bn_statistics(model)
+    assert any(not np.array_equal(v0, v1) for (_, v0), (_, v1) in zip(before, after))
+
+
+def test_bad_model_spec():
+    with pytest.raises(ValueError, match="dropout"):
+        build_model(ModelSpec("B0", 10, 1.0, weights="none"))
+    with pytest.raises(ValueError, match="phase"):
+        set_phase(None, "middle", freeze_batchnorm=True)

@@ -1,0 +1,74 @@
+"""The per-worker training function runs alone: no Tune, no Ray."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from trainables.checkpoint import read_state
+from trainables.train import phase_of, step_learning_rate, train_trial
+
+pytestmark = pytest.mark.slow
+
+
+class Collect:
+    """A reporter that keeps each epoch's metrics and a copy of its checkpoint."""
+
+    def __init__(self, root):
+        self.root, self.reports = root, []
+
+    def __call__(self, metrics, directory):
+        kept = None
+        if directory is not None:
+            kept = self.root / f"epoch_{metrics['epoch']}"
+            shutil.copytree(directory, kept)
+        self.reports.append((metrics, kept))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import tiny_spec
+
+    spec = tiny_spec()
+    collect = Collect(tmp_path_factory.mktemp("reports"))
+    train_trial(spec, collect)
+    return spec, collect.reports
+
+
+def test_one_report_per_epoch_with_a_checkpoint(trained):
+    spec, reports = trained
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3] == list(range(1, spec.total_epochs + 1))
+    assert [m["phase"] for m, _ in reports] == ["head", "finetune", "finetune"]
+    for metrics, directory in reports:
+        assert 0.0 <= metrics["val_accuracy"] <= 1.0
+        state = read_state(directory)
+        assert state.epoch == metrics["epoch"] and state.spec == spec
+    # the LR the loop applied is the rule's: last step of each epoch
+    steps = 64 // 16
+    for metrics, _ in reports:
+        epoch = metrics["epoch"] - 1
+        assert metrics["lr"] == pytest.approx(step_learning_rate(spec, epoch, steps - 1, steps), rel=1e-6)
+
+
+def test_checkpoint_loads_back_in_a_fresh_process(trained):
+    _, reports = trained
+    metrics, directory = reports[-1]
+    done = subprocess.run(
+        [sys.executable, "-m", "search", "evaluate", str(directory)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert f'"val_accuracy": {metrics["val_accuracy"]}' in done.stdout
+
+
+def test_resume_continues_from_the_checkpoint_epoch(trained, tmp_path):
+    spec, reports = trained
+    _, second = reports[1]
+    collect = Collect(tmp_path)
+    train_trial(spec, collect, resume_from=second)
+    assert [m["epoch"] for m, _ in collect.reports] == [3]
+    assert read_state(collect.reports[0][1]).epoch == 3
+
+
+def test_phase_rule():
+    assert [phase_of(e, 2) for e in range(4)] == ["head", "head", "finetune", "finetune"]
