@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
+from cluster.errors import ClusterError
 from search.config import Config, ConfigError, config_to_dict, load_config, smoke_config
 
 log = logging.getLogger("hpsearch")
@@ -149,10 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="validate a config and print it with defaults filled in")
     show.add_argument("--config", help="YAML config (default: configs/local.yaml)")
     show.set_defaults(func=cmd_show_config)
+
+    from cluster.cli import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (CUDA probes on CPU machines) drowns the progress
+    # display; Ray workers inherit this.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hpsearch: config error: {exc}", file=sys.stderr)
         return 2
-    except UsageError as exc:
+    except (UsageError, ClusterError) as exc:
         print(f"hpsearch: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,112 @@
+"""Search jobs on a Ray cluster through Ray's JobSubmissionClient (what `ray job submit`
+uses), with the project directory as the job's working directory."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import ClusterError
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# Never uploaded with the working directory: environments, outputs, VCS data.
+EXCLUDES = [".venv", ".git", "experiments", "__pycache__", "*.egg-info", ".pytest_cache", ".whl", ".gl"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def address_from(argument: str | None) -> str:
+    """The dashboard address: --address, else RAY_ADDRESS (if http), else localhost."""
+    if argument:
+        return argument
+    env = os.environ.get("RAY_ADDRESS", "")
+    return env if env.startswith(("http://", "https://")) else DEFAULT_ADDRESS
+
+
+def connect(address: str) -> Any:
+    """A JobSubmissionClient for the dashboard at ``address``.
+
+    Raises:
+        ClusterError: the dashboard cannot be reached, or refuses the token.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # the client raises ConnectionError, RuntimeError or auth errors
+        raise _explain(exc, address) from None
+
+
+def _explain(exc: BaseException, address: str) -> ClusterError:
+    text = str(exc)
+    lowered = text.lower()
+    if "401" in text or "403" in text or "unauthorized" in lowered or "authentication" in lowered or "token" in lowered:
+        return ClusterError(
+            f"the Ray cluster at {address} refused the request: its token is missing or wrong. "
+            "export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> (see `helm status` NOTES for the command)"
+        )
+    if "connect" in lowered or "connection" in lowered or "failed to" in lowered or "timed out" in lowered:
+        return ClusterError(
+            f"cannot reach the Ray dashboard at {address}: start `kubectl port-forward svc/<release>-hpsearch-head-svc "
+            "8265:8265` or pass --address"
+        )
+    return ClusterError(f"Ray job API at {address}: {text.splitlines()[0] if text else exc.__class__.__name__}")
+
+
+def search_entrypoint(config_path: str, extra_args: list[str] | None = None) -> str:
+    """The job's command: the search module, run from the uploaded working directory."""
+    return " ".join(["python", "-m", "search", "run", "--config", config_path, *(extra_args or [])])
+
+
+def submit(
+    client: Any, address: str, config_path: Path, working_dir: Path, extra_args: list[str] | None = None
+) -> str:
+    """Submit a search; the config path is sent relative to the working directory."""
+    try:
+        relative = config_path.resolve().relative_to(working_dir.resolve())
+    except ValueError:
+        raise ClusterError(f"--config {config_path} must lie inside the working directory {working_dir}") from None
+    try:
+        return client.submit_job(
+            entrypoint=search_entrypoint(relative.as_posix(), extra_args),
+            runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
+        )
+    except Exception as exc:
+        raise _explain(exc, address) from None
+
+
+def follow(client: Any, address: str, job_id: str, write: Callable[[str], None], poll_s: float = 1.0) -> str:
+    """Stream a job's logs until it ends; return its final status."""
+    printed = 0
+    while True:
+        try:
+            logs = client.get_job_logs(job_id)
+            status = _status_name(client.get_job_status(job_id))
+        except Exception as exc:
+            raise _explain(exc, address) from None
+        if len(logs) > printed:
+            write(logs[printed:])
+            printed = len(logs)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll_s)
+
+
+def _status_name(status: Any) -> str:
+    return str(getattr(status, "value", status))
+
+
+def logs(client: Any, address: str, job_id: str) -> str:
+    try:
+        return client.get_job_logs(job_id)
+    except Exception as exc:
+        raise _explain(exc, address) from None
+
+
+def stop(client: Any, address: str, job_id: str) -> bool:
+    try:
+        return bool(client.stop_job(job_id))
+    except Exception as exc:
+        raise _explain(exc, address) from None
