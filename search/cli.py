@@ -70,6 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("search %s: %d trials, %d at a time, up to %d epochs each, storage %s",
              config.search.name, config.search.num_trials, config.search.max_concurrent_trials,
              config.max_epochs, experiment)
+    if not args.resume:
+        _record_config(config, location)
     started_here = not ray.is_initialized()
     if started_here:
         # Connects to a running cluster when RAY_ADDRESS is set (ray job submit sets it),
@@ -85,6 +87,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _record_config(config: Config, location) -> None:
+    """Keep the search's config beside its trials (the report rebuilds the space from it)."""
+    directory = location.join(config.search.name)
+    location.filesystem.create_dir(directory, recursive=True)
+    from search.results import CONFIG_JSON
+
+    with location.filesystem.open_output_stream(f"{directory}/{CONFIG_JSON}") as out:
+        out.write(json.dumps(config_to_dict(config), indent=2).encode())
 
 
 def _summarise(config: Config, location, grid) -> int:
@@ -122,6 +134,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(uri: str):
+    """Split an experiment URI (local path or gs://) into its storage and name."""
+    from search.storage import resolve
+
+    uri = uri.rstrip("/")
+    parent, _, name = uri.rpartition("/")
+    if not name:
+        raise UsageError(f"not an experiment directory: {uri!r}")
+    return resolve(parent or "."), name
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """Build the TTA ensemble of a finished search and print its table."""
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.greedy_rounds < 0:
+        raise UsageError(f"--greedy-rounds must be >= 0, got {args.greedy_rounds}")
+    from search.ensemble import EnsembleError, build, table_markdown
+
+    location, name = _experiment(args.experiment)
+    try:
+        result = build(location, name, top_k=args.top_k, tta=args.tta, greedy_rounds=args.greedy_rounds)
+    except EnsembleError as exc:
+        print(f"hpsearch: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # --tta out of range for this data
+        raise UsageError(str(exc)) from None
+    print(table_markdown(result.rows), end="")
+    print(f"members: {', '.join(f'{m.trial_id} x{m.weight}' for m in result.members)}")
+    print(f"saved: {result.directory}/ensemble.keras (+ manifest.json, ensemble_table.csv)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML report and plots of a finished search."""
+    from search.report import ReportError, make_report
+
+    location, name = _experiment(args.experiment)
+    try:
+        written = make_report(location, name)
+    except ReportError as exc:
+        print(f"hpsearch: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {written['index.html']}")
+    return 0
+
+
 def cmd_show_config(args: argparse.Namespace) -> int:
     """Validate a config and print it with every default filled in."""
     import yaml
@@ -147,6 +206,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="validation accuracy of a checkpoint, in a fresh process")
     evaluate.add_argument("checkpoint", help="a checkpoint directory (holds model.keras)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    ensemble = sub.add_parser("ensemble", help="TTA ensemble of a finished search's best checkpoints")
+    ensemble.add_argument("experiment", help="experiment directory (local path or gs://...)")
+    ensemble.add_argument("--top-k", type=int, default=5, help="members: the top-k trials by validation accuracy")
+    ensemble.add_argument("--tta", type=int, default=4, help="test-time views per image; 1 means no TTA (default 4)")
+    ensemble.add_argument("--greedy-rounds", type=int, default=0,
+                          help="choose members from the top-k by greedy selection on validation (Caruana 2004)")
+    ensemble.set_defaults(func=cmd_ensemble)
+
+    report = sub.add_parser("report", help="HTML report and plots of a finished search")
+    report.add_argument("experiment", help="experiment directory (local path or gs://...)")
+    report.set_defaults(func=cmd_report)
 
     show = sub.add_parser("config", help="validate a config and print it with defaults filled in")
     show.add_argument("--config", help="YAML config (default: configs/local.yaml)")

@@ -25,6 +25,8 @@ TRIALS_PARQUET = "trials.parquet"
 TRIALS_CSV = "trials.csv"
 HISTORY_PARQUET = "history.parquet"
 BEST_JSON = "best_config.json"
+# The search's own config, written when it starts (the report rebuilds the space from it).
+CONFIG_JSON = "search_config.json"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,304 @@
+"""The best checkpoints of a finished search, combined into a TTA ensemble.
+
+Members are chosen on the validation split only (top-k by validation accuracy, or
+Caruana et al. 2004's greedy selection with replacement); the test split is read once,
+after the members are fixed. RECIPE.md section 4: averaging the TTA probabilities of
+several models beat every single model (95.07% against 93.93-94.48%).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from search.results import TRIALS_PARQUET
+from search.storage import Location
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_DIR = "ensemble"
+TABLE_CSV = "ensemble_table.csv"
+TABLE_MD = "ensemble_table.md"
+MODEL_FILE = "ensemble.keras"
+MANIFEST = "manifest.json"
+
+
+class EnsembleError(RuntimeError):
+    """The ensemble cannot be built; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    trial_id: str
+    best_val_accuracy: float
+    checkpoint: str
+    config: dict[str, Any]
+
+
+@dataclass
+class Member:
+    trial_id: str
+    config: dict[str, Any]
+    checkpoint: str
+    search_val_accuracy: float
+    weight: int = 1
+    model: Any = field(default=None, repr=False)
+    spec: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    split: str
+    tta_views: int
+    accuracy: float
+
+
+# ---------------------------------------------------------------------------- pure rules
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probabilities, axis=-1) == labels))
+
+
+def average(probabilities: list[np.ndarray], weights: list[int] | None = None) -> np.ndarray:
+    """Weighted mean of probability arrays (weights are member multiplicities)."""
+    weights = weights or [1] * len(probabilities)
+    return sum(w * p for w, p in zip(weights, probabilities)) / sum(weights)
+
+
+def greedy_selection(val_probs: list[np.ndarray], labels: np.ndarray, rounds: int) -> list[int]:
+    """Caruana et al. 2004: start empty; each round add, with replacement, the member
+    whose addition gives the best validation accuracy (ties: lower log loss).
+
+    Returns:
+        How many times each member was picked (its weight); zero means left out.
+    """
+    counts = [0] * len(val_probs)
+    total = np.zeros_like(val_probs[0])
+    for _ in range(rounds):
+        best, best_key = None, None
+        for i, probs in enumerate(val_probs):
+            mixed = (total + probs) / (sum(counts) + 1)
+            loss = -np.mean(np.log(np.clip(mixed[np.arange(len(labels)), labels], 1e-12, 1)))
+            key = (accuracy(mixed, labels), -loss)
+            if best_key is None or key > best_key:
+                best, best_key = i, key
+        counts[best] += 1
+        total = total + val_probs[best]
+    return counts
+
+
+# ---------------------------------------------------------------------------- experiment
+
+
+def read_candidates(location: Location, experiment: str) -> list[Candidate]:
+    """Trials of a finished search with a checkpoint, best validation accuracy first.
+
+    Raises:
+        EnsembleError: the experiment has no trials table (missing, or still running).
+    """
+    path = location.join(experiment, TRIALS_PARQUET)
+    info = location.filesystem.get_file_info(path)
+    if info.type.name == "NotFound":
+        raise EnsembleError(
+            f"{location.uri}/{experiment} has no {TRIALS_PARQUET}: the search has not finished "
+            "(or this is not an experiment directory). Finish it with `hpsearch run --resume` first"
+        )
+    rows = pq.read_table(path, filesystem=location.filesystem).to_pylist()
+    from trainables.spec import SEARCHED
+
+    candidates = [
+        Candidate(
+            trial_id=r["trial_id"],
+            best_val_accuracy=r["best_val_accuracy"],
+            checkpoint=r["best_checkpoint"],
+            config={k: r[k] for k in SEARCHED},
+        )
+        for r in rows
+        if r["best_checkpoint"] and r["best_val_accuracy"] is not None and not math.isnan(r["best_val_accuracy"])
+    ]
+    return sorted(candidates, key=lambda c: c.best_val_accuracy, reverse=True)
+
+
+def _local_copy(location: Location, checkpoint: str, scratch: Path) -> Path:
+    """A local directory with the checkpoint (copied from gs:// when needed)."""
+    if location.uri.startswith("gs://"):
+        import pyarrow.fs as pafs
+
+        target = scratch / Path(checkpoint).name
+        pafs.copy_files(checkpoint, str(target), source_filesystem=location.filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return target
+    return Path(checkpoint)
+
+
+def load_members(location: Location, candidates: list[Candidate], limit: int, scratch: Path) -> list[Member]:
+    """Load up to ``limit`` usable checkpoints in rank order; a missing or corrupt one is
+    skipped with a warning that names its trial."""
+    from trainables import checkpoint as ckpt
+
+    members: list[Member] = []
+    for candidate in candidates:
+        if len(members) == limit:
+            break
+        try:
+            directory = _local_copy(location, candidate.checkpoint, scratch)
+            model = ckpt.load_model(directory)
+            spec = ckpt.read_state(directory).spec
+        except Exception as exc:  # any unreadable checkpoint: skip it, keep the others
+            log.warning("skipping trial %s: checkpoint %s is unusable (%s)", candidate.trial_id,
+                        candidate.checkpoint, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            continue
+        model.name = f"member_{len(members)}"
+        members.append(
+            Member(candidate.trial_id, candidate.config, candidate.checkpoint, candidate.best_val_accuracy,
+                   model=model, spec=spec)
+        )
+    return members
+
+
+# ---------------------------------------------------------------------------- building
+
+
+@dataclass
+class EnsembleResult:
+    members: list[Member]
+    rows: list[Row]
+    directory: str
+
+
+def build(
+    location: Location,
+    experiment: str,
+    *,
+    top_k: int = 5,
+    tta: int = 4,
+    greedy_rounds: int = 0,
+    progress: bool = True,
+) -> EnsembleResult:
+    """Choose members, measure them, save the ensemble and its table.
+
+    Args:
+        location, experiment: where the finished search lives.
+        top_k: members (the top-k trials with usable checkpoints; with greedy selection,
+            the pool it chooses from).
+        tta: test-time views per image (1 = none).
+        greedy_rounds: 0 for plain top-k; otherwise rounds of greedy selection.
+        progress: show a progress bar over the prediction work.
+    """
+    candidates = read_candidates(location, experiment)  # before TensorFlow starts
+    from tqdm import tqdm
+
+    from trainables.data import load_test, load_train_val
+    from trainables.tta import predict_views, views
+
+    with tempfile.TemporaryDirectory(prefix="hpsearch-ensemble-") as scratch:
+        members = load_members(location, candidates, top_k, Path(scratch))
+        if not members:
+            raise EnsembleError(f"no usable checkpoint in {location.uri}/{experiment}: nothing to ensemble")
+        spec = members[0].spec
+        data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples)
+        chosen_views = views(tta, flip=spec.flip)
+
+        # Validation predictions: they alone decide membership.
+        val_views = {}
+        with tqdm(total=len(members) * len(chosen_views), desc="validation", unit="view", disable=not progress) as bar:
+            for m in members:
+                val_views[m.trial_id] = predict_views(m.model, data.val.images, chosen_views)
+                bar.update(len(chosen_views))
+        labels = data.val.labels
+        if greedy_rounds:
+            counts = greedy_selection([val_views[m.trial_id].mean(axis=0) for m in members], labels, greedy_rounds)
+            for m, c in zip(members, counts):
+                m.weight = c
+            members = [m for m in members if m.weight > 0]
+
+        rows: list[Row] = []
+        for m in members:
+            rows.append(Row(f"member {m.trial_id} ({m.config['backbone']})", "val", 1, accuracy(val_views[m.trial_id][0], labels)))
+            rows.append(Row(f"member {m.trial_id} ({m.config['backbone']})", "val", len(chosen_views),
+                            accuracy(val_views[m.trial_id].mean(axis=0), labels)))
+        weights = [m.weight for m in members]
+        rows.append(Row("ensemble", "val", 1, accuracy(average([val_views[m.trial_id][0] for m in members], weights), labels)))
+        rows.append(Row("ensemble", "val", len(chosen_views),
+                        accuracy(average([val_views[m.trial_id].mean(axis=0) for m in members], weights), labels)))
+
+        # The test split, read once, now that the members are fixed.
+        test = load_test(spec.dataset)
+        test_views = {}
+        with tqdm(total=len(members) * len(chosen_views), desc="test", unit="view", disable=not progress) as bar:
+            for m in members:
+                test_views[m.trial_id] = predict_views(m.model, test.images, chosen_views)
+                bar.update(len(chosen_views))
+        for m in members:
+            rows.append(Row(f"member {m.trial_id} ({m.config['backbone']})", "test", 1, accuracy(test_views[m.trial_id][0], test.labels)))
+        rows.append(Row("ensemble", "test", 1, accuracy(average([test_views[m.trial_id][0] for m in members], weights), test.labels)))
+        rows.append(Row("ensemble", "test", len(chosen_views),
+                        accuracy(average([test_views[m.trial_id].mean(axis=0) for m in members], weights), test.labels)))
+
+        directory = location.join(experiment, ENSEMBLE_DIR)
+        save(location, directory, members, rows, tta=len(chosen_views), scratch=Path(scratch))
+        return EnsembleResult(members=members, rows=rows, directory=directory)
+
+
+def ensemble_model(members: list[Member]) -> Any:
+    """One Keras model that averages its members' probabilities (weights as repeats)."""
+    import keras
+
+    inputs = keras.Input(shape=members[0].model.input_shape[1:], name="image")
+    outputs = []
+    for m in members:
+        out = m.model(inputs, training=False)
+        outputs += [out] * m.weight
+    averaged = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="average")(outputs)
+    return keras.Model(inputs, averaged, name="hpsearch_ensemble")
+
+
+def table_markdown(rows: list[Row]) -> str:
+    lines = ["| model | split | TTA views | accuracy |", "|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.split} | {r.tta_views} | {r.accuracy:.4f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def save(location: Location, directory: str, members: list[Member], rows: list[Row], *, tta: int, scratch: Path) -> None:
+    """Write ensemble.keras, manifest.json and the table (CSV and Markdown)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.fs as pafs
+
+    fs = location.filesystem
+    fs.create_dir(directory, recursive=True)
+    local_model = scratch / MODEL_FILE
+    ensemble_model(members).save(local_model)
+    pafs.copy_files(str(local_model), f"{directory}/{MODEL_FILE}", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    manifest = {
+        "tta_views": tta,
+        "members": [
+            {"trial_id": m.trial_id, "weight": m.weight, "checkpoint": m.checkpoint,
+             "search_val_accuracy": m.search_val_accuracy, "config": m.config}
+            for m in members
+        ],
+        "table": [asdict(r) for r in rows],
+    }
+    with fs.open_output_stream(f"{directory}/{MANIFEST}") as out:
+        out.write(json.dumps(manifest, indent=2).encode())
+    table = pa.table({k: [getattr(r, k) for r in rows] for k in ("name", "split", "tta_views", "accuracy")})
+    with fs.open_output_stream(f"{directory}/{TABLE_CSV}") as out:
+        pacsv.write_csv(table, out)
+    with fs.open_output_stream(f"{directory}/{TABLE_MD}") as out:
+        out.write(table_markdown(rows).encode())
+
+
+def member_counts(members: list[Member]) -> Counter:
+    return Counter({m.trial_id: m.weight for m in members})

@@ -1,0 +1,284 @@
+"""A finished search as one self-contained HTML page plus its plots as PNG files.
+
+Contents: every trial's learning curve coloured by backbone, with the epochs where ASHA
+stopped trials marked; validation accuracy against each searched parameter; parameter
+importance from Optuna's evaluator on a study rebuilt from the trials; the ensemble
+table when `hpsearch ensemble` has run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from search.config import FloatRange, IntRange, SpaceConfig, config_from_dict
+from search.ensemble import ENSEMBLE_DIR, TABLE_MD
+from search.results import CONFIG_JSON, HISTORY_PARQUET, TRIALS_PARQUET
+from search.storage import Location
+from trainables.spec import SEARCHED
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+PLOTS = ("learning_curves.png", "accuracy_vs_params.png", "param_importance.png")
+BACKBONE_COLOURS = {
+    "B0": "#1f77b4", "B1": "#ff7f0e", "B2": "#2ca02c", "B3": "#d62728",
+    "B4": "#9467bd", "B5": "#8c564b", "B6": "#e377c2", "B7": "#7f7f7f",
+}
+
+
+class ReportError(RuntimeError):
+    """The report cannot be made; the message says why."""
+
+
+@dataclass
+class Experiment:
+    trials: list[dict[str, Any]]
+    history: Any  # pandas DataFrame
+    space: SpaceConfig
+    ensemble_table: str | None
+
+
+def read_experiment(location: Location, experiment: str) -> Experiment:
+    fs = location.filesystem
+
+    def exists(path: str) -> bool:
+        return fs.get_file_info(path).type.name != "NotFound"
+
+    trials_path = location.join(experiment, TRIALS_PARQUET)
+    if not exists(trials_path):
+        raise ReportError(
+            f"{location.uri}/{experiment} has no {TRIALS_PARQUET}: the search has not finished "
+            "(run `hpsearch run --resume`), or this is not an experiment directory"
+        )
+    trials = pq.read_table(trials_path, filesystem=fs).to_pylist()
+    history = pq.read_table(location.join(experiment, HISTORY_PARQUET), filesystem=fs).to_pandas()
+    config_path = location.join(experiment, CONFIG_JSON)
+    if exists(config_path):
+        with fs.open_input_stream(config_path) as handle:
+            space = config_from_dict(json.loads(handle.read())).space
+    else:  # older experiments: the sampled values bound the space
+        space = None
+    table_path = location.join(experiment, ENSEMBLE_DIR, TABLE_MD)
+    table = None
+    if exists(table_path):
+        with fs.open_input_stream(table_path) as handle:
+            table = handle.read().decode()
+    return Experiment(trials=trials, history=history, space=space or _space_from_trials(trials), ensemble_table=table)
+
+
+def _space_from_trials(trials: list[dict[str, Any]]) -> SpaceConfig:
+    def span(name: str, cls: type) -> Any:
+        values = [t[name] for t in trials]
+        return cls(min(values), max(values))
+
+    return SpaceConfig(
+        backbones=tuple(sorted({t["backbone"] for t in trials})),
+        cutout_fraction=span("cutout_fraction", FloatRange),
+        cutout_count=span("cutout_count", IntRange),
+        dropout=span("dropout", FloatRange),
+        warmup_epochs=span("warmup_epochs", IntRange),
+        max_lr=FloatRange(min(t["max_lr"] for t in trials), max(t["max_lr"] for t in trials), log=True),
+    )
+
+
+# ---------------------------------------------------------------------------- importance
+
+
+def distributions(space: SpaceConfig) -> dict[str, Any]:
+    """Optuna distributions of the declared space (the same the sampler used)."""
+    import optuna.distributions as d
+
+    def flt(r: FloatRange) -> Any:
+        return d.FloatDistribution(r.low, r.high, log=r.log)
+
+    return {
+        "backbone": d.CategoricalDistribution(list(space.backbones)),
+        "cutout_fraction": flt(space.cutout_fraction),
+        "cutout_count": d.IntDistribution(space.cutout_count.low, space.cutout_count.high),
+        "dropout": flt(space.dropout),
+        "warmup_epochs": d.IntDistribution(space.warmup_epochs.low, space.warmup_epochs.high),
+        "max_lr": flt(space.max_lr),
+    }
+
+
+def importances(trials: list[dict[str, Any]], space: SpaceConfig) -> dict[str, float]:
+    """Optuna's default importance evaluator (fANOVA) on a study rebuilt from the trials.
+
+    A constant axis (low == high, or one backbone) has no importance and is left out.
+    """
+    import optuna
+
+    dists = {k: v for k, v in distributions(space).items() if not v.single()}
+    study = optuna.create_study(direction="maximize")
+    for t in trials:
+        value = t["best_val_accuracy"]
+        if value is None or value != value:
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(params={k: t[k] for k in dists}, distributions=dists, value=float(value))
+        )
+    if len(study.trials) < 2 or not dists:
+        return {}
+    return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_learning_curves(exp: Experiment) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    stopped = {t["trial_id"] for t in exp.trials if t["stopped_early"]}
+    seen = set()
+    for trial_id, curve in exp.history.groupby("trial_id"):
+        curve = curve.sort_values("epoch")
+        backbone = curve["backbone"].iloc[0]
+        colour = BACKBONE_COLOURS.get(backbone, "black")
+        ax.plot(curve["epoch"], curve["val_accuracy"], color=colour, alpha=0.8,
+                label=backbone if backbone not in seen else None)
+        seen.add(backbone)
+        if trial_id in stopped:
+            last = curve.iloc[-1]
+            ax.scatter([last["epoch"]], [last["val_accuracy"]], marker="x", s=60, color=colour, zorder=3)
+    ax.scatter([], [], marker="x", color="black", label="stopped by ASHA")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def plot_params(exp: Experiment) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
+    for ax, name in zip(axes.flat, SEARCHED):
+        xs = [t[name] for t in exp.trials]
+        ys = [t["best_val_accuracy"] for t in exp.trials]
+        colours = [BACKBONE_COLOURS.get(t["backbone"], "black") for t in exp.trials]
+        ax.scatter(xs, ys, c=colours)
+        if name == "max_lr" and exp.space.max_lr.log:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("best val accuracy")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Validation accuracy against each searched parameter")
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def plot_importance(values: dict[str, float]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(values)[::-1]
+    ax.barh(names, [values[n] for n in names], color="#1f77b4")
+    ax.set_xlabel("importance (fANOVA)")
+    ax.set_title("Parameter importance" if values else "Parameter importance: too few trials")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+# ---------------------------------------------------------------------------- page
+
+
+def _trials_html(trials: list[dict[str, Any]]) -> str:
+    columns = ["trial_id", *SEARCHED, "epochs_run", "stopped_early", "best_val_accuracy"]
+    head = "".join(f"<th>{c}</th>" for c in columns)
+    rows = []
+    for t in sorted(trials, key=lambda t: -(t["best_val_accuracy"] or 0)):
+        cells = []
+        for c in columns:
+            v = t[c]
+            cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _markdown_table_html(markdown: str) -> str:
+    lines = [l for l in markdown.strip().splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:]]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    return f'<table id="ensemble-table"><tr>{head}</tr>{rows}</table>'
+
+
+def render_html(title: str, plots: dict[str, bytes], importance: dict[str, float], exp: Experiment) -> str:
+    def img(name: str, alt: str) -> str:
+        encoded = base64.b64encode(plots[name]).decode()
+        return f'<img id="{name.removesuffix(".png")}" alt="{alt}" src="data:image/png;base64,{encoded}">'
+
+    best = max((t for t in exp.trials if t["best_val_accuracy"] == t["best_val_accuracy"]),
+               key=lambda t: t["best_val_accuracy"], default=None)
+    summary = (
+        f"{len(exp.trials)} trials, {sum(t['stopped_early'] for t in exp.trials)} stopped early by ASHA; "
+        f"best validation accuracy {best['best_val_accuracy']:.4f} ({best['backbone']}, trial {best['trial_id']})"
+        if best else f"{len(exp.trials)} trials"
+    )
+    importance_list = "".join(f"<li>{html.escape(k)}: {v:.3f}</li>" for k, v in importance.items())
+    ensemble = (
+        _markdown_table_html(exp.ensemble_table)
+        if exp.ensemble_table
+        else '<p id="ensemble-table">No ensemble yet: run <code>hpsearch ensemble EXPERIMENT</code>.</p>'
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}img{{max-width:100%}}</style></head>
+<body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>
+<h2>Learning curves</h2>{img("learning_curves.png", "learning curves")}
+<h2>Accuracy against the searched parameters</h2>{img("accuracy_vs_params.png", "accuracy against parameters")}
+<h2>Parameter importance</h2>{img("param_importance.png", "parameter importance")}<ul>{importance_list}</ul>
+<h2>Ensemble</h2>{ensemble}
+<h2>Trials</h2>{_trials_html(exp.trials)}
+</body></html>
+"""
+
+
+def make_report(location: Location, experiment: str) -> dict[str, str]:
+    """Write report/index.html and the PNGs into the experiment; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    exp = read_experiment(location, experiment)
+    importance = importances(exp.trials, exp.space)
+    plots = {
+        "learning_curves.png": plot_learning_curves(exp),
+        "accuracy_vs_params.png": plot_params(exp),
+        "param_importance.png": plot_importance(importance),
+    }
+    fs = location.filesystem
+    directory = location.join(experiment, REPORT_DIR)
+    fs.create_dir(directory, recursive=True)
+    written = {}
+    for name, data in plots.items():
+        with fs.open_output_stream(f"{directory}/{name}") as out:
+            out.write(data)
+        written[name] = f"{directory}/{name}"
+    page = render_html(f"hpsearch: {experiment}", plots, importance, exp)
+    with fs.open_output_stream(f"{directory}/index.html") as out:
+        out.write(page.encode())
+    written["index.html"] = f"{directory}/index.html"
+    return written

@@ -1,0 +1,176 @@
+"""The TTA ensemble: members, saved model round trip, TTA on a known case, bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from search.ensemble import average, build, ensemble_model, greedy_selection, load_members, read_candidates
+from search.results import TrialRow, history_table, rows_table
+from search.storage import resolve
+from trainables.data import load_train_val
+from trainables.train import train_trial
+from trainables.tta import apply_view, predict_views, views
+
+pytestmark = pytest.mark.slow
+
+
+def make_experiment(root: Path, name: str = "exp") -> Path:
+    """A finished search in the real on-disk format: three tiny trained trials."""
+    from conftest import tiny_spec
+
+    experiment = root / name
+    rows, frames = [], []
+    for i, (lr, dropout) in enumerate([(0.02, 0.1), (0.01, 0.2), (0.005, 0.3)]):
+        spec = tiny_spec(head_epochs=0, warmup_epochs=0, cooldown_epochs=1, max_lr=lr, dropout=dropout, seed=i)
+        trial_dir = experiment / f"trial_{i}"
+        reports = []
+
+        def keep(metrics, directory, trial_dir=trial_dir, reports=reports):
+            target = trial_dir / f"checkpoint_{metrics['epoch']:06d}"
+            shutil.copytree(directory, target)
+            reports.append((metrics, target))
+
+        train_trial(spec, keep)
+        metrics, checkpoint = max(reports, key=lambda r: r[0]["val_accuracy"])
+        config = {k: getattr(spec, k) for k in ("backbone", "cutout_fraction", "cutout_count", "dropout", "warmup_epochs", "max_lr")}
+        rows.append(TrialRow(f"t{i}", "TERMINATED", config, len(reports), spec.total_epochs,
+                             metrics["val_accuracy"] + 1e-3 * (3 - i), metrics["epoch"], str(checkpoint), None))
+        frames.append((f"t{i}", config, [m for m, _ in reports]))
+    pq.write_table(rows_table(rows), experiment / "trials.parquet")
+
+    class FakeResult:  # what history_table reads from a Tune result
+        def __init__(self, trial_id, config, metrics):
+            import pandas as pd
+
+            self.metrics_dataframe = pd.DataFrame(metrics)
+            self.config = config
+            self.metrics = {"trial_id": trial_id}
+            self.path = str(experiment / trial_id)
+
+    pq.write_table(history_table([FakeResult(*f) for f in frames]), experiment / "history.parquet")
+    return experiment
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    return make_experiment(tmp_path_factory.mktemp("search"))
+
+
+def test_candidates_are_ranked_and_loaded(experiment, tmp_path):
+    location = resolve(str(experiment.parent))
+    candidates = read_candidates(location, experiment.name)
+    assert [c.trial_id for c in candidates] == ["t0", "t1", "t2"]
+    members = load_members(location, candidates, 2, tmp_path)
+    assert [m.trial_id for m in members] == ["t0", "t1"]
+
+
+def test_ensemble_table_and_round_trip(experiment, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(experiment, work / experiment.name)
+    location = resolve(str(work))
+    result = build(location, experiment.name, top_k=3, tta=3, progress=False)
+    names = {(r.name.split(" ")[0], r.split, r.tta_views) for r in result.rows}
+    assert {("member", "val", 1), ("member", "val", 3), ("ensemble", "val", 1), ("ensemble", "val", 3),
+            ("ensemble", "test", 1), ("ensemble", "test", 3)} <= names
+    assert len(result.members) == 3
+    saved = work / experiment.name / "ensemble"
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert [m["trial_id"] for m in manifest["members"]] == ["t0", "t1", "t2"]
+    assert "backbone" in manifest["members"][0]["config"]
+    assert (saved / "ensemble_table.csv").read_text().count("\n") == len(result.rows) + 1
+
+    images = load_train_val("digits", 0.2, 0).val.images[:32].astype(np.float32)
+    in_memory = ensemble_model(result.members)(images, training=False).numpy()
+    by_hand = average([m.model(images, training=False).numpy() for m in result.members])
+    np.testing.assert_allclose(in_memory, by_hand, atol=1e-6)
+    np.save(tmp_path / "images.npy", images)
+    code = (
+        "import numpy as np, keras, sys; "
+        f"m = keras.saving.load_model({str(saved / 'ensemble.keras')!r}, compile=False); "
+        f"np.save({str(tmp_path / 'fresh.npy')!r}, m(np.load({str(tmp_path / 'images.npy')!r}), training=False).numpy())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.max(np.abs(np.load(tmp_path / "fresh.npy") - in_memory)) <= 1e-5
+
+
+def test_tta_of_a_flip_invariant_model_equals_no_tta():
+    inputs = keras.Input((32, 32, 3))
+    symmetric = keras.layers.Lambda(lambda x: x + keras.ops.flip(x, axis=2))(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(symmetric)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
+    plain = predict_views(model, images, views(1))
+    flipped = predict_views(model, images, views(2, flip=True))
+    assert flipped.shape == (2, 16, 10)
+    np.testing.assert_allclose(flipped.mean(axis=0), plain[0], atol=1e-5)
+    # and the views themselves differ, so the check is not vacuous
+    assert not np.array_equal(apply_view(images, views(2)[1]), images)
+
+
+def test_views_are_deterministic_and_respect_flip():
+    assert [v.name for v in views(3)] == ["identity", "flip", "shift(+2,+0)"]
+    assert all(not v.flip for v in views(5, flip=False))
+    image = np.arange(32 * 32 * 3, dtype=np.float32).reshape(1, 32, 32, 3)
+    shifted = apply_view(image, views(3)[2])
+    np.testing.assert_array_equal(shifted[0, 2:], image[0, :-2])
+    with pytest.raises(ValueError, match="--tta"):
+        views(50)
+
+
+def test_greedy_selection_prefers_the_helpful_member():
+    labels = np.array([0, 1, 0, 1])
+    good = np.array([[0.9, 0.1], [0.2, 0.8], [0.8, 0.2], [0.4, 0.6]])
+    bad = np.array([[0.1, 0.9], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    counts = greedy_selection([bad, good], labels, rounds=3)
+    assert counts[1] == 3 and counts[0] == 0
+
+
+def corrupt(checkpoint: str) -> None:
+    (Path(checkpoint) / "model.keras").write_bytes(b"not a keras file")
+
+
+def test_one_corrupt_checkpoint_is_skipped_with_a_warning(experiment, tmp_path, caplog):
+    work = tmp_path / "copy"
+    shutil.copytree(experiment, work / experiment.name)
+    table = pq.read_table(work / experiment.name / "trials.parquet").to_pylist()
+    moved = {r["trial_id"]: r["best_checkpoint"].replace(str(experiment.parent), str(work)) for r in table}
+    for row in table:
+        row["best_checkpoint"] = moved[row["trial_id"]]
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pylist(table), work / experiment.name / "trials.parquet")
+    corrupt(moved["t1"])
+    location = resolve(str(work))
+    with caplog.at_level(logging.WARNING):
+        members = load_members(location, read_candidates(location, experiment.name), 3, tmp_path)
+    assert [m.trial_id for m in members] == ["t0", "t2"]
+    assert any("skipping trial t1" in r.getMessage() for r in caplog.records)
+
+    for checkpoint in moved.values():
+        corrupt(checkpoint)
+    done = subprocess.run([sys.executable, "-m", "search", "ensemble", str(work / experiment.name)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "no usable checkpoint" in done.stderr
+    assert all(f"skipping trial t{i}" in done.stderr for i in range(3))
+
+
+def test_unfinished_search_is_refused(tmp_path):
+    (tmp_path / "running").mkdir()
+    done = subprocess.run([sys.executable, "-m", "search", "ensemble", str(tmp_path / "running")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "has not finished" in done.stderr

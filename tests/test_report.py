@@ -1,0 +1,90 @@
+"""The report: one HTML page with every plot and the ensemble table, plots of real data."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from search.report import importances, make_report, read_experiment
+from search.storage import resolve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    from test_ensemble import make_experiment
+
+    return make_experiment(tmp_path_factory.mktemp("search"))
+
+
+def decode(png: bytes) -> np.ndarray:
+    import matplotlib.image
+
+    return matplotlib.image.imread(io.BytesIO(png), format="png")
+
+
+def test_report_is_complete(experiment, tmp_path):
+    from search.ensemble import build
+
+    work = tmp_path / "copy"
+    shutil.copytree(experiment, work / experiment.name)
+    location = resolve(str(work))
+    build(location, experiment.name, top_k=3, tta=2, progress=False)
+    written = make_report(location, experiment.name)
+    page = (work / experiment.name / "report" / "index.html").read_text()
+    for name in ("learning_curves", "accuracy_vs_params", "param_importance"):
+        match = re.search(rf'<img id="{name}" alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
+        assert match, name
+        embedded = base64.b64decode(match.group(1))
+        assert embedded == open(written[f"{name}.png"], "rb").read()
+        pixels = decode(embedded)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+        assert pixels.std() > 0.01  # drawn, not blank
+    assert 'id="ensemble-table"' in page and "ensemble" in page and "test" in page
+    for trial in ("t0", "t1", "t2"):
+        assert trial in page
+
+
+def test_plots_follow_the_data(experiment, tmp_path):
+    """Learning curves drawn from different data differ: the plot is of this experiment."""
+    import pandas as pd
+
+    from search.report import plot_learning_curves
+
+    exp = read_experiment(resolve(str(experiment.parent)), experiment.name)
+    first = decode(plot_learning_curves(exp))
+    exp.history = pd.concat([exp.history.assign(val_accuracy=lambda f: 1 - f["val_accuracy"])])
+    second = decode(plot_learning_curves(exp))
+    assert first.shape == second.shape and not np.array_equal(first, second)
+
+
+def test_importance_is_rebuilt_from_trials():
+    from search.config import SpaceConfig
+
+    rng = np.random.default_rng(0)
+    trials = []
+    for i in range(20):
+        lr = float(10 ** rng.uniform(-3, -1))
+        trials.append({"trial_id": str(i), "backbone": "B0", "cutout_fraction": float(rng.uniform(0.1, 0.5)),
+                       "cutout_count": int(rng.integers(0, 4)), "dropout": float(rng.uniform(0.2, 0.6)),
+                       "warmup_epochs": int(rng.integers(2, 11)), "max_lr": lr,
+                       "best_val_accuracy": 1 - abs(np.log10(lr) + 2)})  # only max_lr matters
+    values = importances(trials, SpaceConfig(backbones=("B0",)))
+    assert "backbone" not in values  # one choice: no importance to measure
+    assert max(values, key=values.get) == "max_lr"
+
+
+def test_unfinished_search_has_no_report(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "running").mkdir()
+    done = subprocess.run([sys.executable, "-m", "search", "report", str(tmp_path / "running")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "has not finished" in done.stderr
