@@ -78,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # otherwise starts a local Ray on this machine.
         ray.init(logging_level=logging.WARNING)
     try:
+        _check_resources(config)
         if args.resume:
             tuner = search_run.restore_tuner(config, location)
         else:
@@ -87,6 +88,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _check_resources(config: Config) -> None:
+    """Refuse a trial shape the connected cluster can never hold (it would wait forever)."""
+    import ray
+
+    from search.resources import TrialShape, shortfalls
+
+    res = config.resources
+    shape = TrialShape(res.strategy, res.workers, res.cpus_per_worker, res.gpus_per_worker, 0)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problems = shortfalls(shape, ray.cluster_resources(), nodes)
+    if not problems:
+        return
+    message = "; ".join(problems)
+    if res.wait_for_autoscaler:
+        log.warning("%s; waiting for the autoscaler to add nodes", message)
+        return
+    raise UsageError(
+        f"resources: {message}. Lower resources.* or use a bigger cluster "
+        "(on an autoscaling cluster set resources.wait_for_autoscaler: true)"
+    )
 
 
 def _record_config(config: Config, location) -> None:

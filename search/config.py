@@ -148,6 +148,9 @@ class ResourcesConfig:
     workers: int = field(default=1, metadata=_bounds(1, 4096))
     cpus_per_worker: float = field(default=1.0, metadata=_bounds(0.0, 1024.0, open_low=True))
     gpus_per_worker: float = field(default=0.0, metadata=_bounds(0.0, 16.0))
+    # On an autoscaling cluster, nodes a trial needs may not exist yet: warn instead of
+    # refusing to start when the cluster cannot hold a trial right now.
+    wait_for_autoscaler: bool = False
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,9 @@ def distributions(space: SpaceConfig) -> dict[str, Any]:
 def importances(trials: list[dict[str, Any]], space: SpaceConfig) -> dict[str, float]:
     """Optuna's default importance evaluator (fANOVA) on a study rebuilt from the trials.
 
-    A constant axis (low == high, or one backbone) has no importance and is left out.
+    A constant axis (low == high, or one backbone) has no importance and is left out; a
+    trial whose values lie outside the declared space (a config changed between resumes)
+    is left out with a warning.
     """
     import optuna
 
@@ -121,6 +123,10 @@ def importances(trials: list[dict[str, Any]], space: SpaceConfig) -> dict[str, f
     for t in trials:
         value = t["best_val_accuracy"]
         if value is None or value != value:
+            continue
+        outside = [k for k, d in dists.items() if not d._contains(d.to_internal_repr(t[k]))]
+        if outside:
+            log.warning("importance: trial %s lies outside the declared space in %s; left out", t["trial_id"], outside)
             continue
         study.add_trial(
             optuna.trial.create_trial(params={k: t[k] for k in dists}, distributions=dists, value=float(value))

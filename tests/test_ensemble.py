@@ -66,12 +66,17 @@ def experiment(tmp_path_factory):
     return make_experiment(tmp_path_factory.mktemp("search"))
 
 
+def ranked(experiment: Path) -> list[str]:
+    rows = pq.read_table(experiment / "trials.parquet").to_pylist()
+    return [r["trial_id"] for r in sorted(rows, key=lambda r: -r["best_val_accuracy"])]
+
+
 def test_candidates_are_ranked_and_loaded(experiment, tmp_path):
     location = resolve(str(experiment.parent))
     candidates = read_candidates(location, experiment.name)
-    assert [c.trial_id for c in candidates] == ["t0", "t1", "t2"]
+    assert [c.trial_id for c in candidates] == ranked(experiment)
     members = load_members(location, candidates, 2, tmp_path)
-    assert [m.trial_id for m in members] == ["t0", "t1"]
+    assert [m.trial_id for m in members] == ranked(experiment)[:2]
 
 
 def test_ensemble_table_and_round_trip(experiment, tmp_path):
@@ -85,7 +90,7 @@ def test_ensemble_table_and_round_trip(experiment, tmp_path):
     assert len(result.members) == 3
     saved = work / experiment.name / "ensemble"
     manifest = json.loads((saved / "manifest.json").read_text())
-    assert [m["trial_id"] for m in manifest["members"]] == ["t0", "t1", "t2"]
+    assert [m["trial_id"] for m in manifest["members"]] == ranked(experiment)
     assert "backbone" in manifest["members"][0]["config"]
     assert (saved / "ensemble_table.csv").read_text().count("\n") == len(result.rows) + 1
 
@@ -153,12 +158,13 @@ def test_one_corrupt_checkpoint_is_skipped_with_a_warning(experiment, tmp_path, 
     import pyarrow as pa
 
     pq.write_table(pa.Table.from_pylist(table), work / experiment.name / "trials.parquet")
-    corrupt(moved["t1"])
+    first, second, third = ranked(experiment)
+    corrupt(moved[second])
     location = resolve(str(work))
     with caplog.at_level(logging.WARNING):
         members = load_members(location, read_candidates(location, experiment.name), 3, tmp_path)
-    assert [m.trial_id for m in members] == ["t0", "t2"]
-    assert any("skipping trial t1" in r.getMessage() for r in caplog.records)
+    assert [m.trial_id for m in members] == [first, third]
+    assert any(f"skipping trial {second}" in r.getMessage() for r in caplog.records)
 
     for checkpoint in moved.values():
         corrupt(checkpoint)

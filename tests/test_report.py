@@ -65,7 +65,7 @@ def test_plots_follow_the_data(experiment, tmp_path):
 
 
 def test_importance_is_rebuilt_from_trials():
-    from search.config import SpaceConfig
+    from search.config import FloatRange, IntRange, SpaceConfig
 
     rng = np.random.default_rng(0)
     trials = []
@@ -75,7 +75,11 @@ def test_importance_is_rebuilt_from_trials():
                        "cutout_count": int(rng.integers(0, 4)), "dropout": float(rng.uniform(0.2, 0.6)),
                        "warmup_epochs": int(rng.integers(2, 11)), "max_lr": lr,
                        "best_val_accuracy": 1 - abs(np.log10(lr) + 2)})  # only max_lr matters
-    values = importances(trials, SpaceConfig(backbones=("B0",)))
+    space = SpaceConfig(backbones=("B0",), cutout_fraction=FloatRange(0.1, 0.5), cutout_count=IntRange(0, 3),
+                        dropout=FloatRange(0.2, 0.6), warmup_epochs=IntRange(2, 10),
+                        max_lr=FloatRange(0.001, 0.1, log=True))
+    outside = dict(trials[0], trial_id="outside", max_lr=0.5)  # e.g. from before a config change
+    values = importances(trials + [outside], space)
     assert "backbone" not in values  # one choice: no importance to measure
     assert max(values, key=values.get) == "max_lr"
 

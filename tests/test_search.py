@@ -120,3 +120,17 @@ def test_smoke_search_writes_ranked_tables(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_impossible_resources_fail_within_seconds(tmp_path):
+    import time
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(f"resources: {{gpus_per_worker: 1}}\nstorage: {{path: {tmp_path}}}\n")
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "search", "run", "--config", str(config_file)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "resources: a trial needs 1 GPUs" in done.stderr and "has none" in done.stderr
+    assert time.time() - started < 120  # Ray's start-up, not a scheduling timeout

@@ -1,0 +1,66 @@
+"""Which tf.distribute strategy a worker trains under, and its numeric precision.
+
+- ``single``: one process, TensorFlow's default strategy (laptops, the offline default).
+- ``mwms``: MultiWorkerMirroredStrategy; Ray Train's TensorflowTrainer sets TF_CONFIG on
+  every worker, and each worker reads its own shard.
+- ``tpu``: TPUStrategy on the TPU host this worker holds (``TPUClusterResolver(tpu=
+  "local")``), in bfloat16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STRATEGY_KINDS = ("single", "mwms", "tpu")
+
+
+class TPUUnavailableError(RuntimeError):
+    """The tpu strategy was asked for on a host without a TPU."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Keras mixed-precision policy and XLA compilation of the training step."""
+
+    policy: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16"
+    jit_compile: bool = False
+
+
+def precision_for(kind: str, *, gpus: float, mixed_precision: bool, xla: bool) -> Precision:
+    """The precision rule: bfloat16 on TPUs; float16 on GPUs when mixed precision is on;
+    float32 on CPUs, where reduced precision is slower, not faster. XLA on GPUs and TPUs
+    when asked (TPUStrategy always compiles with XLA)."""
+    if kind not in STRATEGY_KINDS:
+        raise ValueError(f"strategy must be one of {STRATEGY_KINDS}, got {kind!r}")
+    if kind == "tpu":
+        return Precision("mixed_bfloat16" if mixed_precision else "float32", jit_compile=False)
+    if gpus > 0:
+        return Precision("mixed_float16" if mixed_precision else "float32", jit_compile=xla)
+    return Precision("float32", jit_compile=False)
+
+
+def make_strategy(kind: str):
+    """Build the strategy for this worker (call once, before any TensorFlow op).
+
+    Raises:
+        TPUUnavailableError: ``tpu`` on a host where TensorFlow finds no TPU.
+    """
+    import tensorflow as tf
+
+    if kind == "single":
+        return tf.distribute.get_strategy()
+    if kind == "mwms":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (tf.errors.NotFoundError, ValueError, RuntimeError) as exc:
+            raise TPUUnavailableError(
+                "resources.strategy is tpu, but this host has no TPU "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                "Run on a TPU worker group (helm/hpsearch/ci/tpu-values.yaml) with the TPU image"
+            ) from None
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"strategy must be one of {STRATEGY_KINDS}, got {kind!r}")
