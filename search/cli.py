@@ -75,8 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     started_here = not ray.is_initialized()
     if started_here:
         # Connects to a running cluster when RAY_ADDRESS is set (ray job submit sets it),
-        # otherwise starts a local Ray on this machine.
-        ray.init(logging_level=logging.WARNING)
+        # otherwise starts a local Ray, reachable from this machine only.
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(logging_level=logging.WARNING)
+        else:
+            ray.init(logging_level=logging.WARNING, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
     try:
         _check_resources(config)
         if args.resume:

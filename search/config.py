@@ -22,6 +22,9 @@ from trainables.backbones import BACKBONES
 DATASETS = ("digits", "cifar10")
 STRATEGIES = ("single",)
 WEIGHTS = ("imagenet", "none")
+# numpy's RandomState (behind Optuna's samplers and scikit-learn's splits) takes seeds
+# below 2**32.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -74,7 +77,7 @@ class DataConfig:
     image_size: int | None = field(default=None, metadata=_bounds(32, 1024))
     # Use at most this many training images (after the validation split). None: all.
     max_train_examples: int | None = field(default=None, metadata=_bounds(1, None))
-    seed: int = field(default=0, metadata=_bounds(0, None))
+    seed: int = field(default=0, metadata=_bounds(0, MAX_SEED))
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ class SearchConfig:
     name: str = "hpsearch"
     num_trials: int = field(default=16, metadata=_bounds(1, 100000))
     max_concurrent_trials: int = field(default=2, metadata=_bounds(1, 10000))
-    seed: int = field(default=0, metadata=_bounds(0, None))
+    seed: int = field(default=0, metadata=_bounds(0, MAX_SEED))
     # Trials TPE samples at random before it models the results (Optuna's n_startup_trials).
     startup_trials: int = field(default=8, metadata=_bounds(1, 100000))
     # ASHA: no trial is stopped before this many epochs; a rung keeps 1/reduction_factor.
@@ -271,6 +274,9 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     values = {}
     for name, spec in known.items():
         if name not in raw:
+            required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+            if required:
+                raise ConfigError(f"{path}.{name}" if path else name, "is required")
             continue
         where = f"{path}.{name}" if path else name
         value = _convert(hints[name], raw[name], where)

@@ -46,7 +46,13 @@ def quadratic_trial(config):
 def local_ray():
     # Workers import this module's trial function by name.
     tests = str(Path(__file__).resolve().parent)
-    ray.init(num_cpus=2, logging_level="ERROR", runtime_env={"env_vars": {"PYTHONPATH": tests}})
+    ray.init(
+        num_cpus=2,
+        logging_level="ERROR",
+        runtime_env={"env_vars": {"PYTHONPATH": tests}},
+        _node_ip_address="127.0.0.1",
+        dashboard_host="127.0.0.1",
+    )
     yield
     ray.shutdown()
 
