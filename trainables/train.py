@@ -12,6 +12,7 @@ it once per epoch with the metrics and a checkpoint directory.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -104,6 +105,21 @@ class PhaseStep:
             return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, correct, axis=None)
 
         self.train_step = train_step
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-1 of the weights that replicas keep in sync, in order.
+
+    BatchNormalization's moving statistics are left out: where BN trains (a backbone
+    from scratch) each worker averages the batches of its own shard, so those differ
+    between workers by design; everything else must be identical.
+    """
+    digest = hashlib.sha1()
+    for weight in model.weights:
+        if "moving_mean" in weight.path or "moving_variance" in weight.path:
+            continue
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def _evaluate(model: keras.Model, data: tf.data.Dataset) -> float:
@@ -201,10 +217,10 @@ def train_trial(
                 shard=(context.num_workers, context.worker_index),
             ).take(steps_per_epoch)
             if context.num_workers > 1:
-                dataset = strategy.experimental_distribute_dataset(
-                    dataset,
-                    tf.distribute.InputOptions(experimental_fetch_to_device=False),
-                )
+                # Already this worker's shard at the per-worker batch: hand it over as is
+                # (no auto-sharding, no re-batching).
+                shard = dataset
+                dataset = strategy.distribute_datasets_from_function(lambda _: shard)
             loss_sum, correct_sum, seen = 0.0, 0.0, 0
             for step, (images, labels) in enumerate(dataset):
                 phase.optimizer.learning_rate.assign(step_learning_rate(spec, epoch, step, steps_per_epoch))
@@ -219,6 +235,8 @@ def train_trial(
                 "train_loss": loss_sum / max(step + 1, 1),
                 "train_accuracy": correct_sum / max(seen, 1),
                 "val_accuracy": _evaluate(model, val_data),
+                # Replicas of one trial must hold identical weights; this digest shows it.
+                "weights_digest": weights_digest(model),
             }
             log.info("epoch %d/%d %s", epoch + 1, spec.total_epochs, metrics)
             directory = None
