@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import tempfile
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,8 +107,7 @@ def read_candidates(location: Location, experiment: str) -> list[Candidate]:
         EnsembleError: the experiment has no trials table (missing, or still running).
     """
     path = location.join(experiment, TRIALS_PARQUET)
-    info = location.filesystem.get_file_info(path)
-    if info.type.name == "NotFound":
+    if not location.exists(path):
         raise EnsembleError(
             f"{location.uri}/{experiment} has no {TRIALS_PARQUET}: the search has not finished "
             "(or this is not an experiment directory). Finish it with `hpsearch run --resume` first"
@@ -210,44 +208,50 @@ def build(
         data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples)
         chosen_views = views(tta, flip=spec.flip)
 
+        n = len(chosen_views)
+
+        def predict(images: np.ndarray, desc: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+            """Each member's (single-view, TTA-mean) probabilities."""
+            out = {}
+            with tqdm(total=len(members) * n, desc=desc, unit="view", disable=not progress) as bar:
+                for m in members:
+                    per_view = predict_views(m.model, images, chosen_views)
+                    out[m.trial_id] = (per_view[0], per_view.mean(axis=0))
+                    bar.update(n)
+            return out
+
+        def ensemble_rows(split: str, probs: dict, labels: np.ndarray) -> list[Row]:
+            weights = [m.weight for m in members]
+            return [
+                Row("ensemble", split, views_used, accuracy(average([probs[m.trial_id][i] for m in members], weights), labels))
+                for i, views_used in ((0, 1), (1, n))
+            ]
+
+        def name(m: Member) -> str:
+            return f"member {m.trial_id} ({m.config['backbone']})"
+
         # Validation predictions: they alone decide membership.
-        val_views = {}
-        with tqdm(total=len(members) * len(chosen_views), desc="validation", unit="view", disable=not progress) as bar:
-            for m in members:
-                val_views[m.trial_id] = predict_views(m.model, data.val.images, chosen_views)
-                bar.update(len(chosen_views))
-        labels = data.val.labels
+        val = predict(data.val.images, "validation")
         if greedy_rounds:
-            counts = greedy_selection([val_views[m.trial_id].mean(axis=0) for m in members], labels, greedy_rounds)
+            counts = greedy_selection([val[m.trial_id][1] for m in members], data.val.labels, greedy_rounds)
             for m, c in zip(members, counts):
                 m.weight = c
             members = [m for m in members if m.weight > 0]
-
         rows: list[Row] = []
         for m in members:
-            rows.append(Row(f"member {m.trial_id} ({m.config['backbone']})", "val", 1, accuracy(val_views[m.trial_id][0], labels)))
-            rows.append(Row(f"member {m.trial_id} ({m.config['backbone']})", "val", len(chosen_views),
-                            accuracy(val_views[m.trial_id].mean(axis=0), labels)))
-        weights = [m.weight for m in members]
-        rows.append(Row("ensemble", "val", 1, accuracy(average([val_views[m.trial_id][0] for m in members], weights), labels)))
-        rows.append(Row("ensemble", "val", len(chosen_views),
-                        accuracy(average([val_views[m.trial_id].mean(axis=0) for m in members], weights), labels)))
+            single, tta_mean = val[m.trial_id]
+            rows += [Row(name(m), "val", 1, accuracy(single, data.val.labels)),
+                     Row(name(m), "val", n, accuracy(tta_mean, data.val.labels))]
+        rows += ensemble_rows("val", val, data.val.labels)
 
         # The test split, read once, now that the members are fixed.
         test = load_test(spec.dataset)
-        test_views = {}
-        with tqdm(total=len(members) * len(chosen_views), desc="test", unit="view", disable=not progress) as bar:
-            for m in members:
-                test_views[m.trial_id] = predict_views(m.model, test.images, chosen_views)
-                bar.update(len(chosen_views))
-        for m in members:
-            rows.append(Row(f"member {m.trial_id} ({m.config['backbone']})", "test", 1, accuracy(test_views[m.trial_id][0], test.labels)))
-        rows.append(Row("ensemble", "test", 1, accuracy(average([test_views[m.trial_id][0] for m in members], weights), test.labels)))
-        rows.append(Row("ensemble", "test", len(chosen_views),
-                        accuracy(average([test_views[m.trial_id].mean(axis=0) for m in members], weights), test.labels)))
+        probs = predict(test.images, "test")
+        rows += [Row(name(m), "test", 1, accuracy(probs[m.trial_id][0], test.labels)) for m in members]
+        rows += ensemble_rows("test", probs, test.labels)
 
         directory = location.join(experiment, ENSEMBLE_DIR)
-        save(location, directory, members, rows, tta=len(chosen_views), scratch=Path(scratch))
+        save(location, directory, members, rows, tta=n, scratch=Path(scratch))
         return EnsembleResult(members=members, rows=rows, directory=directory)
 
 
@@ -299,6 +303,3 @@ def save(location: Location, directory: str, members: list[Member], rows: list[R
     with fs.open_output_stream(f"{directory}/{TABLE_MD}") as out:
         out.write(table_markdown(rows).encode())
 
-
-def member_counts(members: list[Member]) -> Counter:
-    return Counter({m.trial_id: m.weight for m in members})

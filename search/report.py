@@ -27,7 +27,6 @@ from trainables.spec import SEARCHED
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
-PLOTS = ("learning_curves.png", "accuracy_vs_params.png", "param_importance.png")
 BACKBONE_COLOURS = {
     "B0": "#1f77b4", "B1": "#ff7f0e", "B2": "#2ca02c", "B3": "#d62728",
     "B4": "#9467bd", "B5": "#8c564b", "B6": "#e377c2", "B7": "#7f7f7f",
@@ -48,10 +47,7 @@ class Experiment:
 
 def read_experiment(location: Location, experiment: str) -> Experiment:
     fs = location.filesystem
-
-    def exists(path: str) -> bool:
-        return fs.get_file_info(path).type.name != "NotFound"
-
+    exists = location.exists
     trials_path = location.join(experiment, TRIALS_PARQUET)
     if not exists(trials_path):
         raise ReportError(

@@ -22,7 +22,7 @@ def param_space(space: SpaceConfig) -> dict[str, Any]:
     """Tune domains for the six searched axes (names match ``trainables.spec.SEARCHED``)."""
     return {
         "backbone": tune.choice(list(space.backbones)),
-        "cutout_fraction": _float(FloatRange(space.cutout_fraction.low, space.cutout_fraction.high)),
+        "cutout_fraction": _float(space.cutout_fraction),
         "cutout_count": _int(space.cutout_count),
         "dropout": _float(space.dropout),
         "warmup_epochs": _int(space.warmup_epochs),

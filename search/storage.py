@@ -25,6 +25,9 @@ class Location:
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
+    def exists(self, path: str) -> bool:
+        return self.filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
 
 def resolve(path: str) -> Location:
     """Resolve a storage path or URI to a pyarrow filesystem.

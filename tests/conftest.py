@@ -1,10 +1,8 @@
-"""Shared fixtures: a tiny trial spec and helpers that run searches on local Ray."""
+"""Shared test helpers: a tiny trial spec."""
 
 from __future__ import annotations
 
 import dataclasses
-
-import pytest
 
 from trainables.spec import TrialSpec
 
@@ -38,8 +36,3 @@ def tiny_spec(**overrides) -> TrialSpec:
         seed=0,
     )
     return dataclasses.replace(spec, **overrides)
-
-
-@pytest.fixture
-def spec_factory():
-    return tiny_spec

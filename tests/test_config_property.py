@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.config import ConfigError, config_from_dict, config_to_dict, load_config
+from search.config import ConfigError, config_from_dict, config_to_dict
 from search.config import Config
 
 VALID = config_to_dict(Config())

@@ -4,7 +4,6 @@ Kubernetes schemas and KubeRay v1.7.0's CRDs, and bad values rejected by name.""
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import helm_python as helm

@@ -1,6 +1,5 @@
 """The Tuner wiring: seeded TPE sampling, ASHA on epochs, the tables a search writes."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 import ray
 from ray import tune
 
-from search.config import Config, FloatRange, IntRange, SearchConfig, SpaceConfig, StorageConfig, config_from_dict
+from search.config import Config, FloatRange, IntRange, SearchConfig, SpaceConfig, StorageConfig
 from search.run import build_tuner, make_scheduler, make_searcher
 from search.space import param_space
 from search.storage import resolve

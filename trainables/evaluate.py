@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,16 @@ from trainables.augment import eval_dataset
 from trainables.data import load_train_val
 
 
+def dataset_accuracy(predict: Callable, data) -> float:
+    """Share of a dataset's (images, labels) batches that ``predict`` classifies right."""
+    correct, total = 0, 0
+    for images, labels in data:
+        predicted = np.argmax(np.asarray(predict(images)), axis=-1)
+        correct += int(np.sum(predicted == labels.numpy()))
+        total += len(predicted)
+    return correct / max(total, 1)
+
+
 def evaluate_checkpoint(directory: Path, batch_size: int = 256) -> float:
     """Load ``model.keras`` from a checkpoint and measure it on the same validation
     split (same data set, fraction and seed, read from the checkpoint's state)."""
@@ -18,8 +29,4 @@ def evaluate_checkpoint(directory: Path, batch_size: int = 256) -> float:
     spec = state.spec
     data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples)
     model = ckpt.load_model(directory)
-    correct = 0
-    for images, labels in eval_dataset(data.val.images, data.val.labels, batch_size):
-        predicted = np.argmax(model(images, training=False).numpy(), axis=-1)
-        correct += int(np.sum(predicted == labels.numpy()))
-    return correct / len(data.val)
+    return dataset_accuracy(lambda x: model(x, training=False), eval_dataset(data.val.images, data.val.labels, batch_size))

@@ -28,6 +28,7 @@ import tensorflow as tf
 from trainables import checkpoint as ckpt
 from trainables.augment import eval_dataset, train_dataset
 from trainables.data import TrainVal, load_train_val
+from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, batchnorm_frozen, build_model, set_phase
 from trainables.schedule import learning_rate
 from trainables.spec import TrialSpec
@@ -122,21 +123,6 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _evaluate(model: keras.Model, data: tf.data.Dataset) -> float:
-    # Validation runs whole on every worker: the split is small next to training, and
-    # every worker then reports the same number.
-    @tf.function
-    def predict(images: tf.Tensor) -> tf.Tensor:
-        return model(images, training=False)
-
-    correct, total = 0, 0
-    for images, labels in data:
-        predicted = np.argmax(predict(images).numpy(), axis=-1)
-        correct += int(np.sum(predicted == labels.numpy()))
-        total += len(predicted)
-    return correct / max(total, 1)
-
-
 def train_trial(
     spec: TrialSpec,
     report: Reporter,
@@ -164,12 +150,11 @@ def train_trial(
     keras.utils.set_random_seed(spec.seed)
     if data is None:
         data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples)
-    steps_per_epoch = len(data.train) // spec.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"{len(data.train)} training images are fewer than one batch of {spec.batch_size}")
     # Each worker reads its own shard and steps with its share of the global batch.
     per_worker_batch = spec.batch_size // context.num_workers
-    steps_per_epoch = min(steps_per_epoch, (len(data.train) // context.num_workers) // per_worker_batch)
+    steps_per_epoch = (len(data.train) // context.num_workers) // per_worker_batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(data.train)} training images are fewer than one batch of {spec.batch_size}")
     val_data = eval_dataset(data.val.images, data.val.labels, batch_size=max(per_worker_batch, 64))
 
     with strategy.scope():
@@ -182,6 +167,9 @@ def train_trial(
                 image_size=spec.image_size,
             )
         )
+    # Validation runs whole on every worker (the split is small next to training, and every
+    # worker then reports the same number); traced once for the whole trial.
+    predict = tf.function(lambda images: model(images, training=False))
     start_epoch = 0
     if resume_from is not None:
         state = ckpt.read_state(resume_from)
@@ -234,10 +222,11 @@ def train_trial(
                 "lr": float(phase.optimizer.learning_rate.numpy()),
                 "train_loss": loss_sum / max(step + 1, 1),
                 "train_accuracy": correct_sum / max(seen, 1),
-                "val_accuracy": _evaluate(model, val_data),
-                # Replicas of one trial must hold identical weights; this digest shows it.
-                "weights_digest": weights_digest(model),
+                "val_accuracy": dataset_accuracy(predict, val_data),
             }
+            if context.num_workers > 1:
+                # Replicas of one trial must hold identical weights; this digest shows it.
+                metrics["weights_digest"] = weights_digest(model)
             log.info("epoch %d/%d %s", epoch + 1, spec.total_epochs, metrics)
             directory = None
             if context.is_chief:
