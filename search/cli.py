@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search import run as search_run
 
     experiment = search_run.experiment_path(config, location)
-    exists = tune.Tuner.can_restore(experiment, storage_filesystem=location.filesystem)
+    exists = tune.Tuner.can_restore(location.join(config.search.name), storage_filesystem=location.filesystem)
     if args.resume and not exists:
         raise UsageError(f"--resume: no search to resume at {experiment}")
     if exists and not args.resume:
@@ -100,7 +100,7 @@ def _check_resources(config: Config) -> None:
     from search.resources import TrialShape, shortfalls
 
     res = config.resources
-    shape = TrialShape(res.strategy, res.workers, res.cpus_per_worker, res.gpus_per_worker, 0)
+    shape = TrialShape(res.strategy, res.workers, res.cpus_per_worker, res.gpus_per_worker, res.tpu_chips_per_worker)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     problems = shortfalls(shape, ray.cluster_resources(), nodes)
     if not problems:
@@ -215,6 +215,27 @@ def cmd_show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_stage(args: argparse.Namespace) -> int:
+    """Write a data set as Parquet shards that every worker reads from storage."""
+    from search.stage import StageError, stage
+    from search.storage import StorageError
+    from trainables.data import DATA_SOURCES
+
+    if args.dataset not in DATA_SOURCES and not Path(args.dataset).is_dir():
+        raise UsageError(f"--dataset must be one of {', '.join(DATA_SOURCES)} or a CIFAR batch directory, "
+                         f"got {args.dataset!r}")
+    if not (args.to.startswith("gs://") or "://" not in args.to):
+        raise UsageError(f"--to must be a local path or gs:// URI, got {args.to!r}")
+    try:
+        manifest = stage(args.dataset, args.to, validation_fraction=args.validation_fraction, seed=args.seed,
+                         shard_size=args.shard_size, overwrite=args.overwrite, progress=print)
+    except (StageError, StorageError, ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps({"staged": args.to, "examples": manifest.examples,
+                      "shards": {k: len(v) for k, v in manifest.shards.items()}}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpsearch",
@@ -248,6 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="validate a config and print it with defaults filled in")
     show.add_argument("--config", help="YAML config (default: configs/local.yaml)")
     show.set_defaults(func=cmd_show_config)
+
+    data = sub.add_parser("data", help="prepare data sets for cluster-scale searches")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    stage = data_sub.add_parser(
+        "stage", help="write a data set as Parquet shards (train/val/test) to a local path or gs://",
+        description="Reads the data set through hpsearch's loader and writes train, validation and test "
+                    "as Parquet shards with a manifest. Point data.dataset at the same URI to search on it.")
+    stage.add_argument("--dataset", default="cifar10",
+                       help="cifar10 (Keras's downloader), digits, or a directory in the CIFAR python-batch layout")
+    stage.add_argument("--to", required=True, help="destination: a local directory or gs://bucket/path")
+    stage.add_argument("--validation-fraction", type=float, default=0.1,
+                       help="share of the training split held out for validation (default 0.1)")
+    stage.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0)")
+    stage.add_argument("--shard-size", type=int, default=5000,
+                       help="images per Parquet shard (default 5000; a trial's workers need one train shard each)")
+    stage.add_argument("--overwrite", action="store_true", help="replace a data set already staged there")
+    stage.set_defaults(func=cmd_data_stage)
 
     from cluster.cli import add_parser as add_cluster_parser
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ import yaml
 from trainables.backbones import BACKBONES
 
 DATASETS = ("digits", "cifar10")
-STRATEGIES = ("single",)
+STRATEGIES = ("single", "mwms", "tpu")
+# Ray's names for TPU generations (the ``accelerator_type`` of a TPU node).
+TPU_ACCELERATORS = ("TPU-V4", "TPU-V5P", "TPU-V5LITEPOD", "TPU-V6E")
 WEIGHTS = ("imagenet", "none")
 # numpy's RandomState (behind Optuna's samplers and scikit-learn's splits) takes seeds
 # below 2**32.
@@ -151,6 +154,14 @@ class ResourcesConfig:
     workers: int = field(default=1, metadata=_bounds(1, 4096))
     cpus_per_worker: float = field(default=1.0, metadata=_bounds(0.0, 1024.0, open_low=True))
     gpus_per_worker: float = field(default=0.0, metadata=_bounds(0.0, 16.0))
+    # tpu strategy: the chips of one TPU host, its generation and its slice topology.
+    tpu_chips_per_worker: int = field(default=4, metadata=_bounds(1, 8))
+    tpu_accelerator: str = "TPU-V6E"
+    tpu_topology: str = "2x2"
+    # Reduced precision (float16 on GPUs, bfloat16 on TPUs) and XLA compilation of the
+    # training step. None means: on where it pays (GPU and TPU), off on CPUs.
+    mixed_precision: bool | None = None
+    xla: bool | None = None
     # On an autoscaling cluster, nodes a trial needs may not exist yet: warn instead of
     # refusing to start when the cluster cannot hold a trial right now.
     wait_for_autoscaler: bool = False
@@ -354,10 +365,12 @@ def _check_rules(config: Config) -> None:
                 f"space.backbones[{i}]", f"must be one of {', '.join(BACKBONES)}, got {name!r}"
             )
     dataset = config.data.dataset
-    if dataset not in DATASETS and not _looks_like_path(dataset):
+    if (dataset not in DATASETS and not _looks_like_path(dataset)) or (
+        "://" in dataset and not dataset.startswith("gs://")
+    ):
         raise ConfigError(
             "data.dataset",
-            f"must be one of {', '.join(DATASETS)} or a directory path, got {dataset!r}",
+            f"must be one of {', '.join(DATASETS)}, a directory path or a staged gs:// URI, got {dataset!r}",
         )
     weights = config.recipe.weights
     if weights not in WEIGHTS and not _looks_like_path(weights):
@@ -369,9 +382,12 @@ def _check_rules(config: Config) -> None:
             "resources.strategy",
             f"must be one of {', '.join(STRATEGIES)}, got {config.resources.strategy!r}",
         )
-    if config.resources.strategy == "single" and config.resources.workers != 1:
+    _check_resource_rules(config.resources)
+    replicas = config.resources.tpu_chips_per_worker if config.resources.strategy == "tpu" else config.resources.workers
+    if config.recipe.batch_size % replicas:
         raise ConfigError(
-            "resources.workers", f"the single strategy runs 1 worker, got {config.resources.workers}"
+            "recipe.batch_size",
+            f"the global batch must divide evenly over {replicas} replicas, got {config.recipe.batch_size}",
         )
     if config.search.grace_epochs > config.max_epochs:
         raise ConfigError(
@@ -391,6 +407,25 @@ def _check_rules(config: Config) -> None:
     storage = config.storage.path
     if "://" in storage and not storage.startswith(("gs://", "file://")):
         raise ConfigError("storage.path", f"must be a local path or gs:// URI, got {storage!r}")
+
+
+def _check_resource_rules(res: ResourcesConfig) -> None:
+    if res.strategy in ("single", "tpu") and res.workers != 1:
+        # A tpu trial is one TPU host (TPUClusterResolver(tpu="local")); multi-host slices
+        # would need a slice-wide resolver.
+        raise ConfigError("resources.workers", f"the {res.strategy} strategy runs 1 worker, got {res.workers}")
+    if res.strategy == "tpu":
+        if res.gpus_per_worker:
+            raise ConfigError("resources.gpus_per_worker", f"must be 0 with the tpu strategy, got {res.gpus_per_worker:g}")
+        if res.tpu_accelerator not in TPU_ACCELERATORS:
+            raise ConfigError(
+                "resources.tpu_accelerator",
+                f"must be one of {', '.join(TPU_ACCELERATORS)}, got {res.tpu_accelerator!r}",
+            )
+        if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){1,2}", res.tpu_topology):
+            raise ConfigError("resources.tpu_topology", f"must look like 2x2 or 2x2x1, got {res.tpu_topology!r}")
+    if res.xla and res.strategy != "tpu" and not res.gpus_per_worker:
+        raise ConfigError("resources.xla", "XLA is for GPU and TPU workers; set gpus_per_worker or leave xla unset")
 
 
 def _looks_like_path(value: str) -> bool:

@@ -10,22 +10,28 @@ and their placement group end with it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+from search.config import ResourcesConfig
 from trainables.spec import TrialSpec
+from trainables.strategy import precision_for
 
 
 def worker_loop(config: dict[str, Any]) -> None:
     """The per-worker function Ray Train runs on every worker."""
     import ray.train
 
-    from trainables.strategy import make_strategy
+    from trainables.strategy import Precision, limit_threads, make_strategy
     from trainables.train import WorkerContext, train_trial
 
     context = ray.train.get_context()
+    limit_threads(config["cpus_per_worker"])
     strategy = make_strategy(config["strategy"])
-    worker = WorkerContext(strategy, context.get_world_size(), context.get_world_rank())
+    worker = WorkerContext(
+        strategy, context.get_world_size(), context.get_world_rank(), Precision(**config["precision"])
+    )
     spec = TrialSpec.from_dict(config["spec"])
     digest_dir = config.get("digest_dir")
 
@@ -43,38 +49,70 @@ def worker_loop(config: dict[str, Any]) -> None:
         train_trial(spec, report, context=worker, resume_from=Path(directory))
 
 
+def scaling_config(resources: ResourcesConfig) -> Any:
+    """Ray Train's worker group for one trial: N CPU/GPU workers, or one TPU host."""
+    import ray.train
+
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if resources.strategy == "tpu":
+        per_worker["TPU"] = float(resources.tpu_chips_per_worker)
+        return ray.train.ScalingConfig(
+            num_workers=1,
+            use_tpu=True,
+            topology=resources.tpu_topology,
+            accelerator_type=resources.tpu_accelerator,
+            resources_per_worker=per_worker,
+        )
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return ray.train.ScalingConfig(
+        num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker), resources_per_worker=per_worker
+    )
+
+
 def make_trainer(
     spec: TrialSpec,
+    resources: ResourcesConfig,
     *,
-    strategy: str,
-    workers: int,
-    cpus_per_worker: float,
-    gpus_per_worker: float,
     name: str,
     storage_path: str,
+    storage_filesystem: Any = None,
     callbacks: list | None = None,
     digest_dir: str | None = None,
 ) -> Any:
-    """A TensorflowTrainer for one trial."""
+    """A TensorflowTrainer for one trial.
+
+    A trainer made again with the same ``name`` and ``storage_path`` resumes from the
+    latest checkpoint Ray Train recorded there, which is how a retried trial continues.
+    """
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    resources = {"CPU": cpus_per_worker}
-    if gpus_per_worker:
-        resources["GPU"] = gpus_per_worker
+    precision = precision_for(
+        resources.strategy,
+        gpus=resources.gpus_per_worker,
+        mixed_precision=resources.mixed_precision,
+        xla=resources.xla,
+    )
     return TensorflowTrainer(
         worker_loop,
-        train_loop_config={"spec": spec.to_dict(), "strategy": strategy, "digest_dir": digest_dir},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=bool(gpus_per_worker), resources_per_worker=resources
-        ),
+        train_loop_config={
+            "spec": spec.to_dict(),
+            "strategy": resources.strategy,
+            "cpus_per_worker": resources.cpus_per_worker,
+            "precision": dataclasses.asdict(precision),
+            "digest_dir": digest_dir,
+        },
+        scaling_config=scaling_config(resources),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             callbacks=callbacks or [],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"
             ),
+            # A lost worker restarts the group from the latest checkpoint.
             failure_config=ray.train.FailureConfig(max_failures=2),
         ),
     )

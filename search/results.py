@@ -27,6 +27,8 @@ HISTORY_PARQUET = "history.parquet"
 BEST_JSON = "best_config.json"
 # The search's own config, written when it starts (the report rebuilds the space from it).
 CONFIG_JSON = "search_config.json"
+# The metric under which Ray Train's TuneReportCallback forwards a checkpoint's path.
+CHECKPOINT_PATH = "checkpoint_path"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,12 @@ def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any) ->
         else:
             best_value, best_epoch, epochs_run = math.nan, 0, 0
         best = result.get_best_checkpoint(metric, mode) if has_metric and result.best_checkpoints else None
+        best_path = best.path if best is not None else None
+        if best_path is None and has_metric and CHECKPOINT_PATH in frame:
+            # A distributed trial's checkpoints live in its Ray Train run; Tune only
+            # receives their paths as a metric.
+            value = frame[CHECKPOINT_PATH][best_index]
+            best_path = value if isinstance(value, str) else None
         config = {k: result.config[k] for k in SEARCHED if k in result.config}
         rows.append(
             TrialRow(
@@ -77,7 +85,7 @@ def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any) ->
                 planned_epochs=int(planned_epochs(config)),
                 best_val_accuracy=best_value,
                 best_epoch=best_epoch,
-                best_checkpoint=best.path if best is not None else None,
+                best_checkpoint=best_path,
                 error=str(result.error).splitlines()[0] if result.error else None,
             )
         )

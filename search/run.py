@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,12 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search.config import Config
+from search.config import Config, ResourcesConfig
+from search.resources import DRIVER_CPU
 from search.space import param_space
 from search.storage import Location
 from trainables.spec import SEARCHED, TrialSpec
+from trainables.strategy import limit_threads, precision_for
 
 log = logging.getLogger(__name__)
 
@@ -80,29 +83,18 @@ def make_scheduler(config: Config) -> ASHAScheduler:
     )
 
 
-def _limit_threads(cpus: float) -> None:
-    # Ray workers see every core; without a cap, two concurrent trials each start a
-    # thread pool the size of the machine and slow each other down.
-    import tensorflow as tf
-
-    threads = max(1, int(cpus))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
-    except RuntimeError:  # TensorFlow already initialised in this process
-        pass
-
-
-def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], cpus: float) -> None:
-    """Tune's trial function: one trial of the recipe in this process.
+def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], resources: ResourcesConfig) -> None:
+    """Tune's trial function for the single strategy: one trial in this process.
 
     Resumes from Tune's checkpoint when the trial is restored (a retried failure or a
     resumed search), so a trial never starts over from epoch 0.
     """
-    from trainables.train import train_trial
+    from trainables.train import WorkerContext, train_trial
 
-    _limit_threads(cpus)
+    limit_threads(resources.cpus_per_worker)
     spec = trial_spec(fixed, sampled)
+    context = WorkerContext(precision=precision_for("single", gpus=resources.gpus_per_worker,
+                                                    mixed_precision=resources.mixed_precision, xla=resources.xla))
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory else None
@@ -110,22 +102,65 @@ def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], cpus: float) ->
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        train_trial(spec, report)
+        train_trial(spec, report, context=context)
         return
     with checkpoint.as_directory() as directory:
-        train_trial(spec, report, resume_from=Path(directory))
+        train_trial(spec, report, context=context, resume_from=Path(directory))
 
 
-def make_trainable(config: Config) -> Any:
-    """The trial function bound to the config, with the resources one trial holds."""
-    res = config.resources
-    bound = tune.with_parameters(run_trial, fixed=fixed_spec_fields(config), cpus=res.cpus_per_worker)
-    return tune.with_resources(bound, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
+# Ray Train keeps each distributed trial's runs here, inside the experiment directory.
+TRAIN_RUNS = "train_runs"
 
 
-def run_config(config: Config, location: Location) -> tune.RunConfig:
+def run_distributed_trial(
+    sampled: dict[str, Any], *, fixed: dict[str, Any], resources: ResourcesConfig, experiment_uri: str
+) -> None:
+    """Tune's trial function for the mwms and tpu strategies: it starts a Ray Train job
+    of the trial's workers and waits for it.
+
+    ``TuneReportCallback`` forwards rank 0's metrics, with the checkpoint's path as the
+    ``checkpoint_path`` metric. The Train run is named after the trial, so when Tune
+    retries the trial or a resumed search restarts it, the new job resumes from the
+    run's latest checkpoint instead of epoch 0.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from search.distributed import make_trainer
+    from search.storage import resolve
+
+    location = resolve(experiment_uri)
+    trainer = make_trainer(
+        trial_spec(fixed, sampled),
+        resources,
+        name=tune.get_context().get_trial_id(),
+        storage_path=location.join(TRAIN_RUNS),
+        storage_filesystem=location.filesystem,
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def make_trainable(config: Config, location: Location) -> Any:
+    """The trial function bound to the config, with the resources the trial itself holds.
+
+    A single-strategy trial trains in the trial's own process, which holds the worker's
+    CPUs and GPUs. A distributed trial's process only waits for its Ray Train workers,
+    which hold the resources, so it takes almost nothing.
+    """
+    res, fixed = config.resources, fixed_spec_fields(config)
+    if res.strategy == "single":
+        bound = tune.with_parameters(run_trial, fixed=fixed, resources=res)
+        return tune.with_resources(bound, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
+    bound = tune.with_parameters(
+        run_distributed_trial, fixed=fixed, resources=res, experiment_uri=experiment_path(config, location)
+    )
+    return tune.with_resources(bound, {"cpu": DRIVER_CPU})
+
+
+def run_config(config: Config, location: Location, callbacks: list | None = None) -> tune.RunConfig:
     return tune.RunConfig(
         name=config.search.name,
+        callbacks=callbacks,
         storage_path=location.root if location.uri.startswith("gs://") else location.uri,
         storage_filesystem=location.filesystem,
         checkpoint_config=tune.CheckpointConfig(
@@ -145,21 +180,46 @@ def build_tuner(
     location: Location,
     *,
     trainable: Callable | None = None,
+    scheduler: Any = None,
+    callbacks: list | None = None,
 ) -> tune.Tuner:
-    """A fresh Tuner for the config (see :func:`restore_tuner` to resume one)."""
+    """A fresh Tuner for the config (see :func:`restore_tuner` to resume one).
+
+    ``scheduler`` replaces ASHA (the benchmarks compare it with FIFO); ``callbacks`` are
+    Tune callbacks (the benchmarks time trials with them).
+    """
+    _bound_trial_cleanup(config)
     return tune.Tuner(
-        trainable or make_trainable(config),
+        trainable or make_trainable(config, location),
         param_space=param_space(config.space),
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
             search_alg=make_searcher(config),
-            scheduler=make_scheduler(config),
+            scheduler=scheduler or make_scheduler(config),
             num_samples=config.search.num_trials,
             max_concurrent_trials=config.search.max_concurrent_trials,
         ),
-        run_config=run_config(config, location),
+        run_config=run_config(config, location, callbacks),
     )
+
+
+# How long Tune waits for a stopped trial's actor to exit before killing it.
+TRIAL_CLEANUP_S = 15
+
+
+def _bound_trial_cleanup(config: Config) -> None:
+    """Free a stopped distributed trial's workers within seconds.
+
+    When ASHA stops a distributed trial, the trial function is still blocked in
+    ``trainer.fit()``: Tune's graceful stop cannot interrupt it, so the Train run keeps
+    its workers until Tune force-kills the trial actor (after 600 s by default; Ray
+    issue #54305). Killing the actor ends the Train controller in it; Ray Train's
+    placement-group cleaner then frees the workers' bundles for the next trial.
+    Read by Tune's controller when the Tuner starts; an explicit setting wins.
+    """
+    if config.resources.strategy != "single":
+        os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))
 
 
 def experiment_path(config: Config, location: Location) -> str:
@@ -170,9 +230,11 @@ def experiment_path(config: Config, location: Location) -> str:
 def restore_tuner(config: Config, location: Location, *, trainable: Callable | None = None) -> tune.Tuner:
     """Resume an interrupted search: unfinished and errored trials carry on from their
     last checkpoints, finished trials are kept, and the searcher resumes its state."""
+    _bound_trial_cleanup(config)
     return tune.Tuner.restore(
-        experiment_path(config, location),
-        trainable=trainable or make_trainable(config),
+        # with an explicit filesystem, Tune takes the path inside it (bucket/key for GCS)
+        location.join(config.search.name),
+        trainable=trainable or make_trainable(config, location),
         resume_unfinished=True,
         resume_errored=True,
         storage_filesystem=location.filesystem,

@@ -77,7 +77,24 @@ BAD = {
     "bad storage scheme": ("storage: {path: 's3://bucket/x'}", "storage.path"),
     "infinite number": ("recipe: {momentum: .inf}", "recipe.momentum"),
     "null where required": ("recipe: {batch_size: null}", "recipe.batch_size"),
+    "single with many workers": ("resources: {workers: 2}", "resources.workers"),
+    "tpu with many workers": ("resources: {strategy: tpu, workers: 2}", "resources.workers"),
+    "tpu with gpus": ("resources: {strategy: tpu, gpus_per_worker: 1}", "resources.gpus_per_worker"),
+    "unknown tpu": ("resources: {strategy: tpu, tpu_accelerator: TPU-V9}", "resources.tpu_accelerator"),
+    "bad topology": ("resources: {strategy: tpu, tpu_topology: 2by2}", "resources.tpu_topology"),
+    "xla on cpu": ("resources: {strategy: mwms, workers: 2, xla: true}", "resources.xla"),
+    "batch not divisible": ("recipe: {batch_size: 33}\nresources: {strategy: mwms, workers: 2}", "recipe.batch_size"),
+    "staged data on s3": ("data: {dataset: 's3://bucket/cifar'}", "data.dataset"),
 }
+
+
+def test_distributed_strategies_are_accepted(tmp_path):
+    mwms = load_config(write(tmp_path, "resources: {strategy: mwms, workers: 4, gpus_per_worker: 1, xla: false}"))
+    assert (mwms.resources.strategy, mwms.resources.workers, mwms.resources.xla) == ("mwms", 4, False)
+    tpu = load_config(write(tmp_path, "resources: {strategy: tpu, tpu_accelerator: TPU-V5P, tpu_topology: 2x2x1}"))
+    assert tpu.resources.tpu_chips_per_worker == 4 and tpu.resources.mixed_precision is None
+    staged = load_config(write(tmp_path, "data: {dataset: 'gs://bucket/cifar10'}"))
+    assert staged.data.dataset == "gs://bucket/cifar10"
 
 
 @pytest.mark.parametrize(("text", "field"), BAD.values(), ids=BAD.keys())

@@ -1,13 +1,23 @@
-"""A trial as a 2-worker MultiWorkerMirroredStrategy job under Ray Train, on this machine."""
+"""Trials as 2-worker MultiWorkerMirroredStrategy jobs under Ray Train, on this 2-core machine."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import ray
 
+from search.config import ResourcesConfig, config_from_dict, total_epochs
 from search.distributed import make_trainer
+from search.results import trial_rows
+from search.run import METRIC, MODE, build_tuner
+from search.storage import resolve
+
+TWO_WORKERS = ResourcesConfig(strategy="mwms", workers=2, cpus_per_worker=0.99)
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +38,11 @@ def test_two_workers_end_with_identical_weights(local_ray, tmp_path):
     digests.mkdir()
     # head phase (BN frozen) then a fine-tuning epoch (BN trains from scratch)
     spec = tiny_spec(batch_size=16, head_epochs=1, warmup_epochs=0, cooldown_epochs=1)
-    trainer = make_trainer(spec, strategy="mwms", workers=2, cpus_per_worker=0.99, gpus_per_worker=0,
-                           name="two-workers", storage_path=str(storage), digest_dir=str(digests))
+    trainer = make_trainer(spec, TWO_WORKERS, name="two-workers", storage_path=str(storage), digest_dir=str(digests))
     result = trainer.fit()
     assert result.error is None
     assert result.metrics["epoch"] == spec.total_epochs
+    assert result.metrics["replicas_in_sync"] is True  # the collective check agrees with the files
     for epoch in range(1, spec.total_epochs + 1):
         rank0 = (digests / f"rank0_epoch{epoch}.txt").read_text()
         rank1 = (digests / f"rank1_epoch{epoch}.txt").read_text()
@@ -44,3 +54,88 @@ def test_two_workers_end_with_identical_weights(local_ray, tmp_path):
     assert (Path(result.checkpoint.path) / "model.keras").is_file()
     # the workers' resources are free again
     assert ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU")
+
+
+def all_resources_free(timeout_s: float = 30.0) -> bool:
+    """Every reservation released (placement groups go asynchronously after a trial).
+
+    Compared on the schedulable resources; the object store may still hold a few bytes.
+    """
+
+    def schedulable(resources):
+        return {k: v for k, v in resources.items() if k != "object_store_memory"}
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if schedulable(ray.available_resources()) == schedulable(ray.cluster_resources()):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def kill_one_worker_after_first_checkpoint(runs: Path, killed: dict) -> None:
+    """Wait for the first trial's first checkpoint, then SIGKILL one of its Train workers."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + 600
+    while not list(runs.glob("*/checkpoint_*/model.keras")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "RayTrainWorker"]
+    if workers:
+        killed["pid"] = workers[-1].pid
+        os.kill(killed["pid"], signal.SIGKILL)
+
+
+def test_distributed_search_survives_a_killed_worker_and_stops_a_trial(local_ray, tmp_path):
+    """Three trials of two MultiWorkerMirrored workers each, one at a time on 2 cores.
+
+    - One worker of the first trial is killed after that trial's first checkpoint: Ray
+      Train restarts the worker group from the checkpoint, so the trial's epochs go
+      1, 2, 3 and never back to 1.
+    - With seed 22 the sampler's startup trials draw peak rates 0.027 (1 warmup epoch),
+      1.03 (none) and 0.029: the second diverges in its first epoch, below the first
+      trial's value at ASHA's first rung, so ASHA stops it, and the third must still
+      start (the stopped trial's workers are freed).
+    """
+    from conftest import write_colour_batches
+
+    data = write_colour_batches(tmp_path / "colours", n_train=2000)
+    config = config_from_dict({
+        "data": {"dataset": str(data), "image_size": 32},
+        "space": {"backbones": ["B0"], "cutout_count": {"low": 0, "high": 1}, "warmup_epochs": {"low": 0, "high": 1},
+                  "max_lr": {"low": 0.01, "high": 3.0, "log": True}},
+        "recipe": {"batch_size": 32, "head_epochs": 0, "flat_epochs": 1, "cooldown_epochs": 1, "weights": "none",
+                   "flip": False},
+        "search": {"name": "mwms", "num_trials": 3, "max_concurrent_trials": 1, "seed": 22, "startup_trials": 3,
+                   "grace_epochs": 1, "reduction_factor": 2},
+        "resources": {"strategy": "mwms", "workers": 2, "cpus_per_worker": 0.99},
+        "storage": {"path": str(tmp_path / "experiments")},
+    })
+    killed: dict = {}
+    killer = threading.Thread(target=kill_one_worker_after_first_checkpoint,
+                              args=(tmp_path / "experiments" / "mwms" / "train_runs", killed), daemon=True)
+    killer.start()
+    grid = build_tuner(config, resolve(config.storage.path)).fit()
+    killer.join(timeout=5)
+    rows = trial_rows(grid, METRIC, MODE, planned_epochs=lambda c: total_epochs(config.recipe, c["warmup_epochs"]))
+    order = {tid: i for i, tid in enumerate(r.metrics["trial_id"] for r in grid)}  # creation order
+    rows.sort(key=lambda r: order[r.trial_id])
+    results = sorted(grid, key=lambda r: order[r.metrics["trial_id"]])
+
+    assert [r.status for r in rows] == ["TERMINATED"] * 3, [r.error for r in rows]
+    # the killed worker: really killed, and its trial resumed from the checkpoint
+    assert "pid" in killed, "no worker was killed"
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed["pid"], 0)
+    first_epochs = results[0].metrics_dataframe["epoch"].tolist()
+    assert first_epochs == list(range(1, rows[0].planned_epochs + 1)), first_epochs
+    # ASHA stopped a trial, and a later trial still ran
+    stopped = [i for i, r in enumerate(rows) if r.stopped_early]
+    assert stopped, [(r.config["max_lr"], r.best_val_accuracy, r.epochs_run) for r in rows]
+    assert stopped[0] < len(rows) - 1 and rows[stopped[0] + 1].epochs_run >= 1
+    for result in results:  # both workers of every trial held the same weights after every epoch
+        assert result.metrics_dataframe["replicas_in_sync"].all()
+    best = max(rows, key=lambda r: r.best_val_accuracy)
+    assert best.best_val_accuracy > 0.3  # well above chance (0.1) on this easy task
+    assert (Path(best.best_checkpoint) / "model.keras").is_file()  # the chief's checkpoint, found by path
+    assert all_resources_free(), (ray.available_resources(), ray.cluster_resources())

@@ -72,3 +72,31 @@ def test_resume_continues_from_the_checkpoint_epoch(trained, tmp_path):
 
 def test_phase_rule():
     assert [phase_of(e, 2) for e in range(4)] == ["head", "head", "finetune", "finetune"]
+
+
+def test_mixed_float16_with_xla_trains_and_resumes(tmp_path):
+    """The GPU precision path (float16 + loss scaling, XLA-compiled step) on CPU: the
+    backbone computes in float16, the head stays float32, losses stay finite, and the
+    loss-scaling optimizer's checkpoint loads back."""
+    import math
+
+    import keras
+
+    from conftest import tiny_spec
+    from trainables.strategy import Precision
+    from trainables.train import WorkerContext
+
+    spec = tiny_spec(head_epochs=0)
+    context = WorkerContext(precision=Precision("mixed_float16", jit_compile=True))
+    collect = Collect(tmp_path)
+    try:
+        train_trial(spec, collect, context=context)
+        model = keras.saving.load_model(collect.reports[0][1] / "model.keras", compile=False)
+        assert model.get_layer("head").compute_dtype == "float32"
+        assert any(layer.compute_dtype == "float16" for layer in model.layers)
+        assert all(math.isfinite(m["train_loss"]) for m, _ in collect.reports)
+        resumed = Collect(tmp_path / "resumed")
+        train_trial(spec, resumed, context=context, resume_from=collect.reports[0][1])
+        assert [m["epoch"] for m, _ in resumed.reports] == [2]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # process-wide; later tests expect float32

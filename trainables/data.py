@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 CIFAR_SIDE = 32
+# Data sets hpsearch knows by name (a path names a CIFAR batch directory or staged data).
+DATA_SOURCES = ("digits", "cifar10")
 # The digits set has no test split of its own; this fixed seed carves one, so the test
 # images never change with the search's data seed.
 DIGITS_TEST_SEED = 20040
@@ -47,25 +49,57 @@ class Split:
 
 @dataclass(frozen=True)
 class TrainVal:
+    """The splits one worker trains and validates on.
+
+    ``train`` is this worker's part of the training split when ``presharded`` (staged
+    data: each worker read its own shards), otherwise the whole of it.
+    ``global_train_size`` counts the whole training split either way.
+    """
+
     train: Split
     val: Split
     num_classes: int
+    presharded: bool = False
+    global_train_size: int | None = None
+
+    @property
+    def train_size(self) -> int:
+        return self.global_train_size if self.global_train_size is not None else len(self.train)
 
 
 def load_train_val(
-    dataset: str, validation_fraction: float, seed: int, max_train_examples: int | None = None
+    dataset: str,
+    validation_fraction: float,
+    seed: int,
+    max_train_examples: int | None = None,
+    *,
+    shard: tuple[int, int] = (1, 0),
 ) -> TrainVal:
     """The training split of a data set, divided into train and validation.
 
     Args:
-        dataset: ``digits``, ``cifar10`` or a CIFAR python-batch directory.
+        dataset: ``digits``, ``cifar10``, a CIFAR python-batch directory, or a staged
+            data set (``hpsearch data stage``: a gs:// URI or a directory with a
+            manifest), whose validation split was fixed when it was staged.
         validation_fraction: share of the training split held out, stratified by class.
         seed: seed of the division; the same seed gives the same split.
         max_train_examples: keep at most this many training images (after the split).
+        shard: (workers, this worker's index): staged data is read shard by shard, each
+            worker only its own.
 
     Returns:
         The two splits and the number of classes.
     """
+    from trainables import staged
+
+    if staged.is_staged_uri(dataset):
+        train, manifest = staged.load_staged(dataset, "train", shard=shard)
+        val, _ = staged.load_staged(dataset, "val")
+        total = manifest.examples["train"]
+        if max_train_examples is not None and total > max_train_examples:
+            keep = max_train_examples // shard[0]
+            train, total = Split(train.images[:keep], train.labels[:keep]), max_train_examples
+        return TrainVal(train, val, manifest.num_classes, presharded=True, global_train_size=total)
     full, num_classes = _load(dataset, test=False)
     train, val = _stratified_split(full, validation_fraction, seed)
     if max_train_examples is not None and len(train) > max_train_examples:
@@ -75,6 +109,10 @@ def load_train_val(
 
 def load_test(dataset: str) -> Split:
     """The test split. Only the final ensemble evaluation reads it, once."""
+    from trainables import staged
+
+    if staged.is_staged_uri(dataset):
+        return staged.load_staged(dataset, "test")[0]
     split, _ = _load(dataset, test=True)
     return split
 

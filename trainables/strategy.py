@@ -26,10 +26,14 @@ class Precision:
     jit_compile: bool = False
 
 
-def precision_for(kind: str, *, gpus: float, mixed_precision: bool, xla: bool) -> Precision:
-    """The precision rule: bfloat16 on TPUs; float16 on GPUs when mixed precision is on;
-    float32 on CPUs, where reduced precision is slower, not faster. XLA on GPUs and TPUs
-    when asked (TPUStrategy always compiles with XLA)."""
+def precision_for(
+    kind: str, *, gpus: float, mixed_precision: bool | None = None, xla: bool | None = None
+) -> Precision:
+    """The precision rule: bfloat16 on TPUs; float16 on GPUs; float32 on CPUs, where
+    reduced precision is slower, not faster. XLA on GPUs (TPUStrategy always compiles
+    with XLA). ``None`` means on; ``False`` turns either off."""
+    mixed_precision = mixed_precision is not False
+    xla = xla is not False
     if kind not in STRATEGY_KINDS:
         raise ValueError(f"strategy must be one of {STRATEGY_KINDS}, got {kind!r}")
     if kind == "tpu":
@@ -37,6 +41,23 @@ def precision_for(kind: str, *, gpus: float, mixed_precision: bool, xla: bool) -
     if gpus > 0:
         return Precision("mixed_float16" if mixed_precision else "float32", jit_compile=xla)
     return Precision("float32", jit_compile=False)
+
+
+def limit_threads(cpus: float) -> None:
+    """Size TensorFlow's thread pools to the CPUs this worker holds.
+
+    Ray workers see every core of their node; without a cap, two trials (or two workers
+    of one trial) on a node each start pools the size of the machine and slow each other
+    down. Call before TensorFlow runs its first op.
+    """
+    import tensorflow as tf
+
+    threads = max(1, int(cpus))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    except RuntimeError:  # TensorFlow already initialised in this process
+        pass
 
 
 def make_strategy(kind: str):

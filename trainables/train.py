@@ -32,6 +32,7 @@ from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, batchnorm_frozen, build_model, set_phase
 from trainables.schedule import learning_rate
 from trainables.spec import TrialSpec
+from trainables.strategy import Precision
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class WorkerContext:
     strategy: tf.distribute.Strategy | None = None  # None: the default strategy
     num_workers: int = 1
     worker_index: int = 0
+    precision: Precision = Precision()
 
     @property
     def is_chief(self) -> bool:
@@ -82,8 +84,12 @@ class PhaseStep:
         momentum: float,
         strategy: tf.distribute.Strategy,
         global_batch: int,
+        precision: Precision = Precision(),
     ):
         self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+        if precision.policy == "mixed_float16":
+            # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
+            self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
         variables = model.trainable_variables
         self.optimizer.build(variables)
 
@@ -94,12 +100,14 @@ class PhaseStep:
                 # Sum over the replica's examples / global batch: the all-reduced gradient
                 # is then the mean over the global batch.
                 loss = tf.reduce_sum(per_example) / global_batch
-            grads = tape.gradient(loss, variables)
+                scaled = self.optimizer.scale_loss(loss)
+            # LossScaleOptimizer unscales these and skips steps whose gradients overflowed.
+            grads = tape.gradient(scaled, variables)
             self.optimizer.apply_gradients(zip(grads, variables))
             correct = tf.reduce_sum(tf.cast(tf.argmax(probs, axis=-1) == labels, tf.float32))
             return loss, correct
 
-        @tf.function
+        @tf.function(jit_compile=precision.jit_compile)
         def train_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             loss, correct = strategy.run(replica_step, args=(images, labels))
             sum_ = tf.distribute.ReduceOp.SUM
@@ -121,6 +129,18 @@ def weights_digest(model: keras.Model) -> str:
             continue
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()
+
+
+def replicas_agree(strategy: tf.distribute.Strategy, digest: str) -> bool:
+    """Whether every worker holds the weights with this digest (a collective check).
+
+    Each worker contributes 48 bits of its digest (exact in a float64); the gathered
+    values are all equal when the workers agree.
+    """
+    code = float(int(digest[:12], 16))
+    local = strategy.run(lambda: tf.constant([code], tf.float64))
+    gathered = strategy.gather(local, axis=0).numpy()
+    return bool((gathered == gathered[0]).all())
 
 
 def train_trial(
@@ -149,14 +169,22 @@ def train_trial(
         raise ValueError(f"batch_size {spec.batch_size} is not divisible by {replicas} replicas")
     keras.utils.set_random_seed(spec.seed)
     if data is None:
-        data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples)
-    # Each worker reads its own shard and steps with its share of the global batch.
+        data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples,
+                              shard=(context.num_workers, context.worker_index))
+    # Each worker reads its own shard and steps with its share of the global batch. Every
+    # worker must take the same number of steps (each step is a collective all-reduce),
+    # so the count comes from the whole split, and a shorter shard repeats.
     per_worker_batch = spec.batch_size // context.num_workers
-    steps_per_epoch = (len(data.train) // context.num_workers) // per_worker_batch
+    steps_per_epoch = (data.train_size // context.num_workers) // per_worker_batch
     if steps_per_epoch < 1:
-        raise ValueError(f"{len(data.train)} training images are fewer than one batch of {spec.batch_size}")
+        raise ValueError(f"{data.train_size} training images are fewer than one batch of {spec.batch_size}")
+    if len(data.train) < per_worker_batch:
+        raise ValueError(f"this worker's shard has {len(data.train)} images, fewer than one batch of {per_worker_batch}")
+    shard = (1, 0) if data.presharded else (context.num_workers, context.worker_index)
     val_data = eval_dataset(data.val.images, data.val.labels, batch_size=max(per_worker_batch, 64))
 
+    # Layers take the global policy when they are built; the head stays float32.
+    keras.mixed_precision.set_global_policy(context.precision.policy)
     with strategy.scope():
         model = build_model(
             ModelSpec(
@@ -192,6 +220,7 @@ def train_trial(
                         momentum=spec.momentum,
                         strategy=strategy,
                         global_batch=spec.batch_size,
+                        precision=context.precision,
                     )
                 if resume_from is not None and epoch == start_epoch and state.phase == phase_name:
                     ckpt.restore_optimizer(resume_from, phase.optimizer)
@@ -202,13 +231,13 @@ def train_trial(
                 spec.augment,
                 spec.seed,
                 epoch,
-                shard=(context.num_workers, context.worker_index),
-            ).take(steps_per_epoch)
+                shard=shard,
+            ).repeat().take(steps_per_epoch)
             if context.num_workers > 1:
                 # Already this worker's shard at the per-worker batch: hand it over as is
                 # (no auto-sharding, no re-batching).
-                shard = dataset
-                dataset = strategy.distribute_datasets_from_function(lambda _: shard)
+                own = dataset
+                dataset = strategy.distribute_datasets_from_function(lambda _: own)
             loss_sum, correct_sum, seen = 0.0, 0.0, 0
             for step, (images, labels) in enumerate(dataset):
                 phase.optimizer.learning_rate.assign(step_learning_rate(spec, epoch, step, steps_per_epoch))
@@ -227,6 +256,7 @@ def train_trial(
             if context.num_workers > 1:
                 # Replicas of one trial must hold identical weights; this digest shows it.
                 metrics["weights_digest"] = weights_digest(model)
+                metrics["replicas_in_sync"] = replicas_agree(strategy, metrics["weights_digest"])
             log.info("epoch %d/%d %s", epoch + 1, spec.total_epochs, metrics)
             directory = None
             if context.is_chief:

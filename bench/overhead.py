@@ -1,0 +1,126 @@
+"""What running a trial under Tune + Ray Train costs over the same training bare.
+
+Runs, side by side in one invocation:
+
+- **bare**: a fresh Python process that trains the trial with ``train_trial`` (no Ray);
+- **tune+train**: a one-trial search on a local Ray started beforehand (a cluster is
+  already up when users search), whose trial is a Ray Train ``TensorflowTrainer`` of one
+  MultiWorkerMirrored worker holding the same CPUs.
+
+Both wall times run from "go" to the last epoch's result, so both include starting
+Python, importing TensorFlow, loading data, building and tracing the model. Prints the
+ratio and writes ``bench/results/overhead.json``.
+
+    python bench/overhead.py [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CPUS = os.cpu_count() or 1
+
+
+def config_dict(epochs: int, storage: str) -> dict:
+    return {
+        "data": {"dataset": "digits", "image_size": 32},
+        # One point: the same trial either way.
+        "space": {"backbones": ["B0"], "cutout_fraction": {"low": 0.2, "high": 0.2000001},
+                  "cutout_count": {"low": 1, "high": 1}, "dropout": {"low": 0.2, "high": 0.2000001},
+                  "warmup_epochs": {"low": 0, "high": 0}, "max_lr": {"low": 0.01, "high": 0.0100001}},
+        "recipe": {"batch_size": 32, "head_epochs": 0, "flat_epochs": epochs - 1, "cooldown_epochs": 1,
+                   "weights": "none", "flip": False},
+        "search": {"name": "overhead", "num_trials": 1, "max_concurrent_trials": 1, "seed": 0,
+                   "grace_epochs": epochs},
+        "resources": {"strategy": "mwms", "workers": 1, "cpus_per_worker": CPUS - 0.01},
+        "storage": {"path": storage},
+    }
+
+
+def bare(epochs: int) -> None:
+    """The trial in this process, no Ray (run as a subprocess by main)."""
+    from search.config import config_from_dict
+    from search.run import fixed_spec_fields, trial_spec
+    from trainables.train import train_trial
+
+    config = config_from_dict(config_dict(epochs, tempfile.mkdtemp()))
+    sampled = {"backbone": "B0", "cutout_fraction": 0.2, "cutout_count": 1, "dropout": 0.2,
+               "warmup_epochs": 0, "max_lr": 0.01}
+    metrics = train_trial(trial_spec(fixed_spec_fields(config), sampled), lambda m, d: None)
+    print(json.dumps({"val_accuracy": metrics["val_accuracy"]}))
+
+
+def time_bare(epochs: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--bare", "--epochs", str(epochs)], check=True,
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    return time.perf_counter() - start, json.loads(out.strip().splitlines()[-1])["val_accuracy"]
+
+
+def time_tune_train(epochs: int) -> tuple[float, float, float]:
+    import ray
+
+    from search.config import config_from_dict
+    from search.run import build_tuner
+    from search.storage import resolve
+
+    start = time.perf_counter()
+    ray.init(num_cpus=CPUS, logging_level="ERROR", _node_ip_address="127.0.0.1", include_dashboard=False,
+             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    ray_start = time.perf_counter() - start
+    try:
+        config = config_from_dict(config_dict(epochs, tempfile.mkdtemp()))
+        start = time.perf_counter()
+        grid = build_tuner(config, resolve(config.storage.path)).fit()
+        wall = time.perf_counter() - start
+        result = grid[0]
+        if result.error:
+            raise RuntimeError(result.error)
+        return wall, ray_start, result.metrics["val_accuracy"]
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        bare(args.epochs)
+        return
+    bare_s, bare_acc = time_bare(args.epochs)
+    print(f"bare:       {bare_s:7.1f} s  (val_accuracy {bare_acc:.3f})", flush=True)
+    tuned_s, ray_start_s, tuned_acc = time_tune_train(args.epochs)
+    print(f"tune+train: {tuned_s:7.1f} s  (val_accuracy {tuned_acc:.3f}; ray.init {ray_start_s:.1f} s not counted)")
+    ratio = tuned_s / bare_s
+    print(f"ratio tune+train / bare: {ratio:.2f}  (goal <= 1.15)")
+    result = {
+        "benchmark": "overhead",
+        "machine": f"{platform.machine()}, {CPUS} CPUs, {platform.python_version()}",
+        "epochs": args.epochs,
+        "bare_s": round(bare_s, 2),
+        "tune_train_s": round(tuned_s, 2),
+        "ray_init_s": round(ray_start_s, 2),
+        "ratio": round(ratio, 3),
+        "goal": 1.15,
+        "val_accuracy": {"bare": bare_acc, "tune_train": tuned_acc},
+    }
+    out = ROOT / "bench" / "results" / "overhead.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Shared by the search benchmarks: run a real search on local Ray and time its trials."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.tune import Callback
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+@dataclass
+class TrialClock(Callback):
+    """Tune callback: when each trial started and ended (driver clock)."""
+
+    started: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started[trial.trial_id] = time.monotonic()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.monotonic()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended[trial.trial_id] = time.monotonic()
+
+
+def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float, at_least: int) -> float:
+    """Share of [start, end] during which at least ``at_least`` intervals overlap."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    running, last, covered = 0, start, 0.0
+    for moment, change in events:
+        if running >= at_least:
+            covered += moment - last
+        running += change
+        last = moment
+    if running >= at_least:
+        covered += end - last
+    return covered / (end - start) if end > start else 0.0
+
+
+def run_search(raw: dict[str, Any], *, scheduler: Any = None) -> tuple[Any, TrialClock, float, float, float]:
+    """Run the search described by ``raw`` (a config dict) on a fresh local Ray.
+
+    Returns:
+        The ResultGrid, the trial clock, the search's start and end (monotonic) and the
+        wall time of ``Tuner.fit``.
+    """
+    import ray
+
+    from search.config import config_from_dict
+    from search.run import build_tuner
+    from search.storage import resolve
+
+    raw = {**raw, "storage": {"path": tempfile.mkdtemp(prefix="hpsearch-bench-")}}
+    config = config_from_dict(raw)
+    clock = TrialClock()
+    ray.init(logging_level="ERROR", _node_ip_address="127.0.0.1", include_dashboard=False,
+             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+    try:
+        tuner = build_tuner(config, resolve(config.storage.path), scheduler=scheduler, callbacks=[clock])
+        start = time.monotonic()
+        grid = tuner.fit()
+        end = time.monotonic()
+    finally:
+        ray.shutdown()
+    return grid, clock, start, end, end - start

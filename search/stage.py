@@ -1,0 +1,69 @@
+"""``hpsearch data stage``: read a data set once and write it as Parquet shards.
+
+The source goes through the same loaders as training (``cifar10`` through Keras's
+downloader, or a directory in the CIFAR python-batch layout). The validation split is
+carved here, once, with the given seed, so every trial of every search on the staged
+copy validates on the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from search.storage import check_writable, resolve
+from trainables import staged
+from trainables.data import load_test, load_train_val
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 5000
+
+
+class StageError(RuntimeError):
+    """The destination cannot take a staged data set."""
+
+
+def stage(
+    dataset: str,
+    to: str,
+    *,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = log.info,
+) -> staged.Manifest:
+    """Stage ``dataset`` at ``to`` (a local path or gs:// URI) and return its manifest.
+
+    Checks the destination before reading anything; the manifest is written last, so a
+    staging that fails midway is never mistaken for a complete one.
+    """
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"--validation-fraction must be in (0, 1), got {validation_fraction}")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    location = resolve(to)
+    if location.exists(location.join(staged.MANIFEST)) and not overwrite:
+        raise StageError(f"{location.uri} already holds a staged data set: pass --overwrite to replace it")
+    check_writable(location)
+
+    progress(f"reading {dataset}")
+    train_val = load_train_val(dataset, validation_fraction, seed)
+    splits = {"train": train_val.train, "val": train_val.val, "test": load_test(dataset)}
+    shards, examples = {}, {}
+    for name, split in splits.items():
+        shards[name] = staged.write_split(location, name, split, shard_size)
+        examples[name] = len(split)
+        progress(f"{name}: {len(split)} images in {len(shards[name])} shards")
+    manifest = staged.Manifest(
+        source=dataset,
+        num_classes=train_val.num_classes,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        shards=shards,
+        examples=examples,
+    )
+    staged.write_manifest(location, manifest)
+    progress(f"staged at {location.uri}")
+    return manifest

@@ -1,0 +1,99 @@
+"""The search driver killed mid-search, then ``hpsearch run --resume`` finishing it from
+storage on a GCS emulator: no finished trial lost or run again, the configured number
+of trials in the end, and the tables a search writes.
+
+(A worker killed mid-trial is in test_distributed.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from search.storage import resolve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch, tmp_path):
+    from conftest import create_bucket, start_fake_gcs
+
+    server, endpoint = start_fake_gcs(tmp_path / "fake-gcs.log")
+    monkeypatch.setenv("HPSEARCH_GCS_ENDPOINT", endpoint)
+    create_bucket(endpoint, "searches")
+    yield endpoint
+    server.stop()
+
+
+def finished_trials(lines: list[str]) -> set[str]:
+    # Tune's progress output: "Trial run_trial_1a2b3c4d completed after 3 iterations at ..."
+    return {line.split()[1] for line in lines if line.startswith("Trial ") and " completed after " in line}
+
+
+def test_killed_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_path, fake_gcs):
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({
+        "data": {"dataset": "digits", "image_size": 32},
+        "space": {"backbones": ["B0"]},
+        "recipe": {"weights": "none", "flip": False},
+        "search": {"name": "resumed", "seed": 3, "max_concurrent_trials": 1},
+        "storage": {"path": "gs://searches/experiments"},
+    }))
+    # --smoke-test: 2 trials of 2-3 tiny epochs (one at a time, as configured)
+    command = [sys.executable, "-m", "search", "run", "--config", str(config), "--smoke-test"]
+    # Its own session, so the driver and the local Ray it started die together.
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    lines: list[str] = []
+    # if no trial ever finishes, end the driver rather than wait on its output forever
+    watchdog = threading.Timer(900, os.killpg, (driver.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        for line in driver.stdout:
+            lines.append(line.strip())
+            if finished_trials(lines):
+                break
+    finally:
+        watchdog.cancel()
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished_before = finished_trials(lines)
+    assert len(finished_before) == 1, "\n".join(lines[-40:])
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "best validation accuracy:" in resumed.stdout
+
+    location = resolve("gs://searches/experiments")
+    fs, experiment = location.filesystem, location.join("resumed-smoke")
+    table = pq.read_table(f"{experiment}/trials.parquet", filesystem=fs).to_pylist()
+    assert len(table) == 2  # the configured number, no more
+    assert {f"run_trial_{row['trial_id']}" for row in table} >= finished_before  # nothing lost
+    for row in table:
+        assert row["status"] == "TERMINATED"
+        assert row["epochs_run"] == row["planned_epochs"] or row["stopped_early"]
+        assert fs.get_file_info(f"{row['best_checkpoint']}/model.keras").is_file
+    history = pq.read_table(f"{experiment}/history.parquet", filesystem=fs).to_pandas()
+    assert set(history["trial_id"]) == {row["trial_id"] for row in table}
+    for trial_id, epochs in history.groupby("trial_id")["epoch"]:
+        epochs = epochs.tolist()
+        # each epoch reported once: a finished trial run again, or an unfinished one
+        # restarted from scratch, would report its epochs a second time
+        assert epochs == list(range(1, len(epochs) + 1)), (trial_id, epochs)
+    with fs.open_input_stream(f"{experiment}/best_config.json") as handle:
+        best = json.loads(handle.read())
+    assert best["best_val_accuracy"] == max(row["best_val_accuracy"] for row in table)
+    with fs.open_input_stream(f"{experiment}/trials.csv") as handle:
+        assert pacsv.read_csv(handle).num_rows == 2
+
+    # starting the same search again without --resume is refused, not mixed in
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--resume" in again.stderr

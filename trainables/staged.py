@@ -1,0 +1,138 @@
+"""Staged data sets: train, validation and test as Parquet shards, local or on gs://.
+
+``hpsearch data stage`` writes a data set once; every worker of every trial then reads
+it from storage instead of downloading and splitting it again. Layout::
+
+    <uri>/manifest.json            written last: a staging that died leaves no manifest
+    <uri>/train/part-00000.parquet  columns image (fixed 3072 bytes, HWC uint8), label
+    <uri>/val/part-00000.parquet
+    <uri>/test/part-00000.parquet
+
+A worker reads only its own training shards (shard ``i`` goes to worker
+``i % workers``), and the whole validation split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from search.storage import Location, resolve
+from trainables.data import CIFAR_SIDE, Split
+
+MANIFEST = "manifest.json"
+FORMAT = "hpsearch-staged/1"
+SPLITS = ("train", "val", "test")
+IMAGE_BYTES = CIFAR_SIDE * CIFAR_SIDE * 3
+
+
+class StagedDataError(ValueError):
+    """A staged data set that is missing, incomplete or of another format."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    num_classes: int
+    validation_fraction: float
+    seed: int
+    shards: dict[str, list[str]]  # split -> shard paths relative to the root
+    examples: dict[str, int]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"format": FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}, indent=2
+        )
+
+
+def is_staged_uri(dataset: str) -> bool:
+    """Whether ``dataset`` names a staged data set (a gs:// URI, or a local directory
+    holding a manifest)."""
+    if dataset.startswith("gs://"):
+        return True
+    return (Path(dataset) / MANIFEST).is_file()
+
+
+def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, end) of each shard of ``count`` rows, ``shard_size`` rows at most each."""
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
+
+
+def worker_shards(shards: list[str], workers: int, index: int) -> list[str]:
+    """The training shards one worker reads: every ``workers``-th, from ``index``."""
+    if len(shards) < workers:
+        raise StagedDataError(
+            f"the staged train split has {len(shards)} shards, fewer than the {workers} workers "
+            "of a trial: stage again with a smaller --shard-size"
+        )
+    return shards[index::workers]
+
+
+def split_table(split: Split) -> pa.Table:
+    images = np.ascontiguousarray(split.images, dtype=np.uint8)
+    column = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(IMAGE_BYTES), len(split), [None, pa.py_buffer(images.tobytes())]
+    )
+    return pa.table({"image": column, "label": pa.array(split.labels.astype(np.int16))})
+
+
+def table_split(table: pa.Table) -> Split:
+    images = table.column("image").combine_chunks()
+    raw = np.frombuffer(images.buffers()[1], dtype=np.uint8, count=len(images) * IMAGE_BYTES,
+                        offset=images.offset * IMAGE_BYTES)
+    labels = table.column("label").to_numpy().astype(np.int64)
+    return Split(raw.reshape(-1, CIFAR_SIDE, CIFAR_SIDE, 3).copy(), labels)
+
+
+def write_split(location: Location, split_name: str, split: Split, shard_size: int) -> list[str]:
+    """Write one split as shards; returns their paths relative to the root."""
+    names = []
+    directory = location.join(split_name)
+    location.filesystem.create_dir(directory, recursive=True)
+    for i, (start, end) in enumerate(shard_ranges(len(split), shard_size)):
+        name = f"{split_name}/part-{i:05d}.parquet"
+        part = Split(split.images[start:end], split.labels[start:end])
+        pq.write_table(split_table(part), location.join(name), filesystem=location.filesystem)
+        names.append(name)
+    return names
+
+
+def write_manifest(location: Location, manifest: Manifest) -> None:
+    with location.filesystem.open_output_stream(location.join(MANIFEST)) as out:
+        out.write(manifest.to_json().encode())
+
+
+def read_manifest(location: Location) -> Manifest:
+    path = location.join(MANIFEST)
+    if not location.exists(path):
+        raise StagedDataError(
+            f"data.dataset: {location.uri} has no {MANIFEST}: stage it first with "
+            f"`hpsearch data stage --to {location.uri}` (or the staging did not finish)"
+        )
+    with location.filesystem.open_input_stream(path) as handle:
+        raw = json.loads(handle.read())
+    if raw.get("format") != FORMAT:
+        raise StagedDataError(f"data.dataset: {location.uri} is {raw.get('format')!r}, expected {FORMAT!r}")
+    return Manifest(**{k: raw[k] for k in Manifest.__dataclass_fields__})
+
+
+def read_shards(location: Location, names: list[str]) -> Split:
+    tables = [pq.read_table(location.join(name), filesystem=location.filesystem) for name in names]
+    return table_split(pa.concat_tables(tables))
+
+
+def load_staged(uri: str, split_name: str, *, shard: tuple[int, int] = (1, 0)) -> tuple[Split, Manifest]:
+    """One staged split (the training split: only this worker's shards)."""
+    location = resolve(uri)
+    manifest = read_manifest(location)
+    names = manifest.shards[split_name]
+    if split_name == "train":
+        names = worker_shards(names, *shard)
+    return read_shards(location, names), manifest
