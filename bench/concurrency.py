@@ -49,9 +49,15 @@ def main() -> None:
     # searcher always had a trial to add. After it, one trial finishing alone is the tail.
     last_start = max(s for s, _ in intervals)
     two_until_last_start = busy_fraction(intervals, min(s for s, _ in intervals), last_start, 2)
+    first_start, last_end = min(s for s, _ in intervals), max(e for _, e in intervals)
+    second_last_end = sorted(e for _, e in intervals)[-2]
+    two_while_trials_ran = busy_fraction(intervals, first_start, last_end, 2)
     print(f"{len(intervals)} trials in {wall:.0f} s")
+    print(f"before the first trial started: {first_start - start:.1f} s; last trial alone at the end: "
+          f"{last_end - second_last_end:.1f} s; after the last trial: {end - last_end:.1f} s")
     print(f"share of the search's wall time with 2 trials running: {two:.3f}  (goal >= 0.90)")
     print(f"same, from the first trial's start to the last trial's start: {two_until_last_start:.3f}")
+    print(f"same, from the first trial's start to the last trial's end: {two_while_trials_ran:.3f}")
     result = {
         "benchmark": "concurrency",
         "machine": machine(),
@@ -60,6 +66,10 @@ def main() -> None:
         "wall_s": round(wall, 1),
         "ratio": round(two, 3),
         "ratio_until_last_trial_start": round(two_until_last_start, 3),
+        "ratio_first_start_to_last_end": round(two_while_trials_ran, 3),
+        "seconds_before_first_trial": round(first_start - start, 1),
+        "seconds_last_trial_alone": round(last_end - second_last_end, 1),
+        "seconds_after_last_trial": round(end - last_end, 1),
         "goal": 0.9,
         "trial_seconds": sorted(round(e - s, 1) for s, e in intervals),
     }

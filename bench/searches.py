@@ -33,9 +33,21 @@ class TrialClock(Callback):
         self.ended[trial.trial_id] = time.monotonic()
 
 
+class EpochClock(Callback):
+    """Tune callback: when each epoch's result reached the driver (wall clock)."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.stamps.append(time.time())
+
+
 def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float, at_least: int) -> float:
     """Share of [start, end] during which at least ``at_least`` intervals overlap."""
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    clipped = [(max(s, start), min(e, end)) for s, e in intervals]
+    clipped = [(s, e) for s, e in clipped if e > s]
+    events = sorted([(s, 1) for s, _ in clipped] + [(e, -1) for _, e in clipped])
     running, last, covered = 0, start, 0.0
     for moment, change in events:
         if running >= at_least:

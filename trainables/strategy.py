@@ -52,7 +52,7 @@ def limit_threads(cpus: float) -> None:
     """
     import tensorflow as tf
 
-    threads = max(1, int(cpus))
+    threads = max(1, round(cpus))  # 1.99 CPUs (a worker beside a 0.01 driver) is 2 threads
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
