@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -110,13 +109,15 @@ def main() -> None:
     bare_s, bare_acc, bare_epochs = time_bare(args.epochs)
     print(f"bare:       {bare_s:7.1f} s  epochs done at {bare_epochs} s (val_accuracy {bare_acc:.3f})", flush=True)
     tuned_s, ray_start_s, tuned_acc, tuned_epochs = time_tune_train(args.epochs)
+    from searches import machine
+
     print(f"tune+train: {tuned_s:7.1f} s  epochs done at {tuned_epochs} s (val_accuracy {tuned_acc:.3f}; "
           f"ray.init {ray_start_s:.1f} s not counted)")
     ratio = tuned_s / bare_s
     print(f"ratio tune+train / bare: {ratio:.2f}  (goal <= 1.15)")
     result = {
         "benchmark": "overhead",
-        "machine": f"{platform.machine()}, {CPUS} CPUs, {platform.python_version()}",
+        "machine": machine(),
         "epochs": args.epochs,
         "bare_s": round(bare_s, 2),
         "tune_train_s": round(tuned_s, 2),

@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", help="YAML config (default: configs/local.yaml)")
     show.set_defaults(func=cmd_show_config)
 
+    from search.stage import DEFAULT_SHARD_SIZE
+
     data = sub.add_parser("data", help="prepare data sets for cluster-scale searches")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     stage = data_sub.add_parser(
@@ -282,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--validation-fraction", type=float, default=0.1,
                        help="share of the training split held out for validation (default 0.1)")
     stage.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0)")
-    stage.add_argument("--shard-size", type=int, default=5000,
-                       help="images per Parquet shard (default 5000; a trial's workers need one train shard each)")
+    stage.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                       help=f"images per Parquet shard (default {DEFAULT_SHARD_SIZE}; a trial's workers need one "
+                            "train shard each)")
     stage.add_argument("--overwrite", action="store_true", help="replace a data set already staged there")
     stage.set_defaults(func=cmd_data_stage)
 

@@ -4,8 +4,9 @@ Tune's trial function holds almost nothing (``DRIVER_CPU``); the workers hold th
 and GPUs. Ray Train sets TF_CONFIG on every worker, each trains under
 MultiWorkerMirroredStrategy on its own shard, rank 0 writes the checkpoints, and
 ``TuneReportCallback`` forwards rank 0's metrics (with the checkpoint's path) to Tune.
-When ASHA stops the trial, the trial actor ends, and the Train controller, its workers
-and their placement group end with it.
+When ASHA stops the trial, Tune kills the trial actor (within
+``search.run.TRIAL_CLEANUP_S``), the Train controller in it ends, and Ray Train's
+placement-group cleaner frees the workers' resources.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from search.config import ResourcesConfig
 from trainables.spec import TrialSpec
-from trainables.strategy import precision_for
+from search.resources import worker_precision
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -88,19 +89,13 @@ def make_trainer(
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    precision = precision_for(
-        resources.strategy,
-        gpus=resources.gpus_per_worker,
-        mixed_precision=resources.mixed_precision,
-        xla=resources.xla,
-    )
     return TensorflowTrainer(
         worker_loop,
         train_loop_config={
             "spec": spec.to_dict(),
             "strategy": resources.strategy,
             "cpus_per_worker": resources.cpus_per_worker,
-            "precision": dataclasses.asdict(precision),
+            "precision": dataclasses.asdict(worker_precision(resources)),
             "digest_dir": digest_dir,
         },
         scaling_config=scaling_config(resources),

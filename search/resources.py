@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from search.config import ResourcesConfig
+from trainables.strategy import Precision, precision_for
+
 # The trial function itself only waits for its workers; it must hold almost nothing or
 # on a small machine the workers never fit (0 is rejected by Ray).
 DRIVER_CPU = 0.01
@@ -37,6 +40,16 @@ class TrialShape:
         total = {k: v * self.workers for k, v in self.worker_bundle().items()}
         total["CPU"] = total.get("CPU", 0.0) + (DRIVER_CPU if self.strategy != "single" else 0.0)
         return total
+
+
+def worker_precision(resources: ResourcesConfig) -> Precision:
+    """The precision every worker of a trial trains in, from the config's resources."""
+    return precision_for(
+        resources.strategy,
+        gpus=resources.gpus_per_worker,
+        mixed_precision=resources.mixed_precision,
+        xla=resources.xla,
+    )
 
 
 def shortfalls(shape: TrialShape, cluster: dict[str, float], node_resources: list[dict[str, float]]) -> list[str]:

@@ -14,11 +14,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.config import Config, ResourcesConfig
-from search.resources import DRIVER_CPU
+from search.resources import DRIVER_CPU, worker_precision
 from search.space import param_space
 from search.storage import Location
 from trainables.spec import SEARCHED, TrialSpec
-from trainables.strategy import limit_threads, precision_for
+from trainables.strategy import limit_threads
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], resources: Reso
 
     limit_threads(resources.cpus_per_worker)
     spec = trial_spec(fixed, sampled)
-    context = WorkerContext(precision=precision_for("single", gpus=resources.gpus_per_worker,
-                                                    mixed_precision=resources.mixed_precision, xla=resources.xla))
+    context = WorkerContext(precision=worker_precision(resources))
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory else None

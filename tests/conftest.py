@@ -1,8 +1,10 @@
-"""Shared test helpers: a tiny trial spec."""
+"""Shared test helpers: a tiny trial spec, small data sets, a GCS emulator."""
 
 from __future__ import annotations
 
 import dataclasses
+
+import pytest
 
 from trainables.spec import TrialSpec
 
@@ -91,3 +93,16 @@ def start_fake_gcs(log_path):
     threading.Thread(target=drain, daemon=True).start()
     endpoint = server.url.removeprefix("http://")
     return server, endpoint
+
+
+@pytest.fixture(scope="module")
+def fake_gcs(tmp_path_factory):
+    """fake-gcs-server on 127.0.0.1 with the bucket ``hpsearch-test``; every ``gs://``
+    path in this process (and in the processes it starts) goes to it while the module's
+    tests run. Stopped by its process handle."""
+    server, endpoint = start_fake_gcs(tmp_path_factory.mktemp("gcs") / "fake-gcs.log")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPSEARCH_GCS_ENDPOINT", endpoint)
+        create_bucket(endpoint, "hpsearch-test")
+        yield endpoint
+    server.stop()

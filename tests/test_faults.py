@@ -22,17 +22,6 @@ from search.storage import resolve
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def fake_gcs(monkeypatch, tmp_path):
-    from conftest import create_bucket, start_fake_gcs
-
-    server, endpoint = start_fake_gcs(tmp_path / "fake-gcs.log")
-    monkeypatch.setenv("HPSEARCH_GCS_ENDPOINT", endpoint)
-    create_bucket(endpoint, "searches")
-    yield endpoint
-    server.stop()
-
-
 def finished_trials(lines: list[str]) -> set[str]:
     # Tune's progress output: "Trial run_trial_1a2b3c4d completed after 3 iterations at ..."
     return {line.split()[1] for line in lines if line.startswith("Trial ") and " completed after " in line}
@@ -45,7 +34,7 @@ def test_killed_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_pat
         "space": {"backbones": ["B0"]},
         "recipe": {"weights": "none", "flip": False},
         "search": {"name": "resumed", "seed": 3, "max_concurrent_trials": 1},
-        "storage": {"path": "gs://searches/experiments"},
+        "storage": {"path": "gs://hpsearch-test/experiments"},
     }))
     # --smoke-test: 2 trials of 2-3 tiny epochs (one at a time, as configured)
     command = [sys.executable, "-m", "search", "run", "--config", str(config), "--smoke-test"]
@@ -72,7 +61,7 @@ def test_killed_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_pat
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "best validation accuracy:" in resumed.stdout
 
-    location = resolve("gs://searches/experiments")
+    location = resolve("gs://hpsearch-test/experiments")
     fs, experiment = location.filesystem, location.join("resumed-smoke")
     table = pq.read_table(f"{experiment}/trials.parquet", filesystem=fs).to_pylist()
     assert len(table) == 2  # the configured number, no more

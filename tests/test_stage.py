@@ -30,19 +30,6 @@ def cifar_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def fake_gcs(tmp_path_factory):
-    """fake-gcs-server on 127.0.0.1 with one bucket; stopped by its process handle."""
-    from conftest import create_bucket, start_fake_gcs
-
-    server, endpoint = start_fake_gcs(tmp_path_factory.mktemp("gcs") / "fake-gcs.log")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HPSEARCH_GCS_ENDPOINT", endpoint)
-        create_bucket(endpoint, "hpsearch-test")
-        yield endpoint
-    server.stop()
-
-
 def test_shard_rules():
     assert staged.shard_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)]
     assert staged.worker_shards(["a", "b", "c", "d", "e"], 2, 1) == ["b", "d"]
@@ -83,7 +70,7 @@ def test_stage_to_fake_gcs(cifar_dir, fake_gcs):
 def test_unfinished_staging_is_refused(tmp_path):
     (tmp_path / "half" / "train").mkdir(parents=True)
     with pytest.raises(staged.StagedDataError, match="no manifest.json"):
-        staged.load_staged(str(tmp_path / "half"), "train")
+        staged.open_staged(str(tmp_path / "half"))
 
 
 def test_cli_stage_and_bad_arguments(cifar_dir, tmp_path):

@@ -51,16 +51,19 @@ class Split:
 class TrainVal:
     """The splits one worker trains and validates on.
 
-    ``train`` is this worker's part of the training split when ``presharded`` (staged
-    data: each worker read its own shards), otherwise the whole of it.
-    ``global_train_size`` counts the whole training split either way.
+    With staged data each worker read only its own shards: ``train`` is this worker's
+    part, and ``global_train_size`` counts the whole training split. Otherwise ``train``
+    is the whole split and ``global_train_size`` is None.
     """
 
     train: Split
     val: Split
     num_classes: int
-    presharded: bool = False
     global_train_size: int | None = None
+
+    @property
+    def presharded(self) -> bool:
+        return self.global_train_size is not None
 
     @property
     def train_size(self) -> int:
@@ -93,13 +96,14 @@ def load_train_val(
     from trainables import staged
 
     if staged.is_staged_uri(dataset):
-        train, manifest = staged.load_staged(dataset, "train", shard=shard)
-        val, _ = staged.load_staged(dataset, "val")
+        location, manifest = staged.open_staged(dataset)
+        train = staged.read_split(location, manifest, "train", shard=shard)
+        val = staged.read_split(location, manifest, "val")
         total = manifest.examples["train"]
         if max_train_examples is not None and total > max_train_examples:
             keep = max_train_examples // shard[0]
             train, total = Split(train.images[:keep], train.labels[:keep]), max_train_examples
-        return TrainVal(train, val, manifest.num_classes, presharded=True, global_train_size=total)
+        return TrainVal(train, val, manifest.num_classes, global_train_size=total)
     full, num_classes = _load(dataset, test=False)
     train, val = _stratified_split(full, validation_fraction, seed)
     if max_train_examples is not None and len(train) > max_train_examples:
@@ -112,7 +116,7 @@ def load_test(dataset: str) -> Split:
     from trainables import staged
 
     if staged.is_staged_uri(dataset):
-        return staged.load_staged(dataset, "test")[0]
+        return staged.read_split(*staged.open_staged(dataset), "test")
     split, _ = _load(dataset, test=True)
     return split
 

@@ -128,11 +128,15 @@ def read_shards(location: Location, names: list[str]) -> Split:
     return table_split(pa.concat_tables(tables))
 
 
-def load_staged(uri: str, split_name: str, *, shard: tuple[int, int] = (1, 0)) -> tuple[Split, Manifest]:
-    """One staged split (the training split: only this worker's shards)."""
+def open_staged(uri: str) -> tuple[Location, Manifest]:
+    """A staged data set's storage and manifest (read once, for all its splits)."""
     location = resolve(uri)
-    manifest = read_manifest(location)
+    return location, read_manifest(location)
+
+
+def read_split(location: Location, manifest: Manifest, split_name: str, *, shard: tuple[int, int] = (1, 0)) -> Split:
+    """One staged split (the training split: only this worker's shards)."""
     names = manifest.shards[split_name]
     if split_name == "train":
         names = worker_shards(names, *shard)
-    return read_shards(location, names), manifest
+    return read_shards(location, names)
