@@ -18,7 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,7 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
     args = parser.parse_args()
-    raw = yaml.safe_load(Path(args.config).read_text())
+    from search.config import config_to_dict, load_config
+
+    raw = config_to_dict(load_config(args.config))  # validated, defaults filled
 
     import time
 

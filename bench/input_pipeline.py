@@ -98,10 +98,12 @@ def rate_training_step(batch: int = 32, steps: int = 20) -> float:
     import tensorflow as tf
 
     from trainables.model import ModelSpec, build_model, set_phase
+    from trainables.params import Hyperparams
     from trainables.train import PhaseStep
 
-    model = build_model(ModelSpec(backbone="B0", num_classes=10, dropout=0.2, weights="none", image_size=32))
-    set_phase(model, "finetune", freeze_batchnorm=False)
+    spec = ModelSpec(Hyperparams("B0", dropout=0.2), num_classes=10, weights="none", image_size=32)
+    model = build_model(spec)
+    set_phase(model, "finetune", spec)
     step = PhaseStep(model, learning_rate=0.01, momentum=0.9, strategy=tf.distribute.get_strategy(),
                      global_batch=batch)
     x, y = images(batch)

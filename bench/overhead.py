@@ -36,9 +36,8 @@ def config_dict(epochs: int, storage: str) -> dict:
     return {
         "data": {"dataset": "digits", "image_size": 32},
         # One point: the same trial either way.
-        "space": {"backbones": ["B0"], "cutout_fraction": {"low": 0.2, "high": 0.2000001},
-                  "cutout_count": {"low": 1, "high": 1}, "dropout": {"low": 0.2, "high": 0.2000001},
-                  "warmup_epochs": {"low": 0, "high": 0}, "max_lr": {"low": 0.01, "high": 0.0100001}},
+        "space": {"backbones": ["B0"], "cutout_fraction": 0.2, "cutout_count": 1, "dropout": 0.2,
+                  "warmup_epochs": 0, "max_lr": 0.01},
         "recipe": {"batch_size": 32, "head_epochs": 0, "flat_epochs": epochs - 1, "cooldown_epochs": 1,
                    "weights": "none", "flip": False},
         "search": {"name": "overhead", "num_trials": 1, "max_concurrent_trials": 1, "seed": 0,
@@ -51,14 +50,14 @@ def config_dict(epochs: int, storage: str) -> dict:
 def bare(epochs: int) -> None:
     """The trial in this process, no Ray (run as a subprocess by main)."""
     from search.config import config_from_dict
-    from search.run import fixed_spec_fields, trial_spec
+    from search.run import trial_spec
     from trainables.train import train_trial
 
     config = config_from_dict(config_dict(epochs, tempfile.mkdtemp()))
     sampled = {"backbone": "B0", "cutout_fraction": 0.2, "cutout_count": 1, "dropout": 0.2,
                "warmup_epochs": 0, "max_lr": 0.01}
     stamps = []
-    metrics = train_trial(trial_spec(fixed_spec_fields(config), sampled), lambda m, d: stamps.append(time.time()))
+    metrics = train_trial(trial_spec(config, sampled), lambda m, d: stamps.append(time.time()))
     print(json.dumps({"val_accuracy": metrics["val_accuracy"], "epoch_stamps": stamps}))
 
 
@@ -78,7 +77,7 @@ def time_tune_train(epochs: int) -> tuple[float, float, float, list[float]]:
 
     from search.config import config_from_dict
     from search.run import build_tuner
-    from search.storage import resolve
+    from trainables.storage import resolve
 
     start = time.perf_counter()
     ray.init(num_cpus=CPUS, logging_level="ERROR", _node_ip_address="127.0.0.1", include_dashboard=False,

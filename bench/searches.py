@@ -70,7 +70,7 @@ def run_search(raw: dict[str, Any], *, scheduler: Any = None) -> tuple[Any, Tria
 
     from search.config import config_from_dict
     from search.run import build_tuner
-    from search.storage import resolve
+    from trainables.storage import resolve
 
     raw = {**raw, "storage": {"path": tempfile.mkdtemp(prefix="hpsearch-bench-")}}
     config = config_from_dict(raw)

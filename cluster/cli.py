@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -16,10 +17,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from cluster import jobs
-    from search.config import load_config
 
     config_path = Path(args.config)
-    load_config(config_path)  # a bad config fails here, before anything is uploaded
+    args.validate_config(config_path)  # a bad config fails here, before anything is uploaded
     address = jobs.address_from(args.address)
     client = jobs.connect(address)
     job_id = jobs.submit(client, address, config_path, Path(args.working_dir), args.extra)
@@ -49,7 +49,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, validate_config: Callable[[Path], object]) -> None:
+    """Add ``cluster ...`` to the top-level parser.
+
+    Args:
+        sub: the top-level subparsers.
+        validate_config: raises on a bad search config (the caller owns configs; this
+            package only talks to the cluster).
+    """
     cluster = sub.add_parser("cluster", help="the Ray cluster on Kubernetes and search jobs on it")
     commands = cluster.add_subparsers(dest="cluster_command", required=True)
     address_help = "Ray dashboard URL (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
@@ -67,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--working-dir", default=".", help="directory uploaded with the job (default: .)")
     submit.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
     submit.add_argument("extra", nargs="*", help="more arguments for `hpsearch run`, after --, e.g. -- --resume")
-    submit.set_defaults(func=cmd_submit)
+    submit.set_defaults(func=cmd_submit, validate_config=validate_config)
 
     logs = commands.add_parser("logs", help="print a job's logs")
     logs.add_argument("job_id")

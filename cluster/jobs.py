@@ -35,23 +35,28 @@ def connect(address: str) -> Any:
 
     try:
         return JobSubmissionClient(address)
-    except Exception as exc:  # the client raises ConnectionError, RuntimeError or auth errors
+    except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError: see _explain
         raise _explain(exc, address) from None
 
 
 def _explain(exc: BaseException, address: str) -> ClusterError:
-    text = str(exc)
-    lowered = text.lower()
-    if "401" in text or "403" in text or "unauthorized" in lowered or "authentication" in lowered or "token" in lowered:
+    """A ClusterError for what the job SDK raised, told apart by its exception type."""
+    import requests
+    from ray.exceptions import AuthenticationError
+
+    if isinstance(exc, AuthenticationError):
         return ClusterError(
             f"the Ray cluster at {address} refused the request: its token is missing or wrong. "
             "export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> (see `helm status` NOTES for the command)"
         )
-    if "connect" in lowered or "connection" in lowered or "failed to" in lowered or "timed out" in lowered:
+    # The client raises the built-in ConnectionError when it first connects, and requests'
+    # own connection and timeout errors on later calls.
+    if isinstance(exc, (ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return ClusterError(
             f"cannot reach the Ray dashboard at {address}: start `kubectl port-forward svc/<release>-hpsearch-head-svc "
             "8265:8265` or pass --address"
         )
+    text = str(exc)
     return ClusterError(f"Ray job API at {address}: {text.splitlines()[0] if text else exc.__class__.__name__}")
 
 

@@ -11,46 +11,32 @@ import json
 import logging
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
-from cluster.errors import ClusterError
 from search.config import Config, ConfigError, config_to_dict, load_config, smoke_config
+from trainables.errors import HpsearchError, InputError
 
 log = logging.getLogger("hpsearch")
 
-DEFAULT_CONFIG = "local.yaml"
+# The offline default: the repository's configs/local.yaml (an editable install runs
+# from the checkout).
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
 
 
-class UsageError(Exception):
-    """Bad input found before any work started (exit code 2)."""
-
-
-def default_config_path() -> Path:
-    """The offline default config shipped with the package (configs/local.yaml)."""
-    packaged = resources.files("search").joinpath("configs", DEFAULT_CONFIG)
-    if packaged.is_file():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "configs" / DEFAULT_CONFIG
-
-
-def _load(path: str | None) -> Config:
-    return load_config(path or default_config_path())
+class UsageError(InputError):
+    """A bad argument or a state that refuses the command (exit code 2)."""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) a search and write its tables."""
     # Validate everything before importing Ray or TensorFlow (seconds of start-up).
-    config = _load(args.config)
+    config = load_config(args.config or DEFAULT_CONFIG)
     if args.smoke_test:
         config = smoke_config(config)
-    from search.storage import StorageError, check_writable, resolve
+    from trainables.storage import check_writable, resolve
 
     location = resolve(config.storage.path)
-    try:
-        check_writable(location)
-    except StorageError as exc:
-        raise UsageError(str(exc)) from None
+    check_writable(location)
 
     import ray
     from ray import tune
@@ -127,12 +113,9 @@ def _record_config(config: Config, location) -> None:
 
 def _summarise(config: Config, location, grid) -> int:
     from search import results
-    from search.config import total_epochs
     from search.run import METRIC, MODE
 
-    rows = results.trial_rows(
-        grid, METRIC, MODE, planned_epochs=lambda c: total_epochs(config.recipe, c.get("warmup_epochs", 0))
-    )
+    rows = results.trial_rows(grid, METRIC, MODE, planned_epochs=lambda c: config.recipe.epochs(c.get("warmup_epochs", 0)))
     paths = results.write_results(location, config.search.name, rows, results.history_table(grid))
     best = results.best_row(rows)
     stopped = sum(r.stopped_early for r in rows)
@@ -162,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _experiment(uri: str):
     """Split an experiment URI (local path or gs://) into its storage and name."""
-    from search.storage import resolve
+    from trainables.storage import resolve
 
     uri = uri.rstrip("/")
     parent, _, name = uri.rpartition("/")
@@ -177,16 +160,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if args.greedy_rounds < 0:
         raise UsageError(f"--greedy-rounds must be >= 0, got {args.greedy_rounds}")
-    from search.ensemble import EnsembleError, build, table_markdown
+    from search.ensemble import build, table_markdown
 
     location, name = _experiment(args.experiment)
-    try:
-        result = build(location, name, top_k=args.top_k, tta=args.tta, greedy_rounds=args.greedy_rounds)
-    except EnsembleError as exc:
-        print(f"hpsearch: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # --tta out of range for this data
-        raise UsageError(str(exc)) from None
+    result = build(location, name, top_k=args.top_k, tta=args.tta, greedy_rounds=args.greedy_rounds)
     print(table_markdown(result.rows), end="")
     print(f"members: {', '.join(f'{m.trial_id} x{m.weight}' for m in result.members)}")
     print(f"saved: {result.directory}/ensemble.keras (+ manifest.json, ensemble_table.csv)")
@@ -195,14 +172,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the HTML report and plots of a finished search."""
-    from search.report import ReportError, make_report
+    from search.report import make_report
 
     location, name = _experiment(args.experiment)
-    try:
-        written = make_report(location, name)
-    except ReportError as exc:
-        print(f"hpsearch: {exc}", file=sys.stderr)
-        return 1
+    written = make_report(location, name)
     print(f"report: {written['index.html']}")
     return 0
 
@@ -211,26 +184,23 @@ def cmd_show_config(args: argparse.Namespace) -> int:
     """Validate a config and print it with every default filled in."""
     import yaml
 
-    print(yaml.safe_dump(config_to_dict(_load(args.config)), sort_keys=False), end="")
+    print(yaml.safe_dump(config_to_dict(load_config(args.config or DEFAULT_CONFIG)), sort_keys=False), end="")
     return 0
 
 
 def cmd_data_stage(args: argparse.Namespace) -> int:
     """Write a data set as Parquet shards that every worker reads from storage."""
-    from search.stage import StageError, stage
-    from search.storage import StorageError
-    from trainables.data import DATA_SOURCES
+    from search.stage import stage
+    from trainables.data import NAMED_SOURCES
+    from trainables.storage import is_supported, supported_schemes
 
-    if args.dataset not in DATA_SOURCES and not Path(args.dataset).is_dir():
-        raise UsageError(f"--dataset must be one of {', '.join(DATA_SOURCES)} or a CIFAR batch directory, "
+    if args.dataset not in NAMED_SOURCES and not Path(args.dataset).is_dir():
+        raise UsageError(f"--dataset must be one of {', '.join(NAMED_SOURCES)} or a CIFAR batch directory, "
                          f"got {args.dataset!r}")
-    if not (args.to.startswith("gs://") or "://" not in args.to):
-        raise UsageError(f"--to must be a local path or gs:// URI, got {args.to!r}")
-    try:
-        manifest = stage(args.dataset, args.to, validation_fraction=args.validation_fraction, seed=args.seed,
-                         shard_size=args.shard_size, overwrite=args.overwrite, progress=print)
-    except (StageError, StorageError, ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
+    if not is_supported(args.to):
+        raise UsageError(f"--to must be {supported_schemes()}, got {args.to!r}")
+    manifest = stage(args.dataset, args.to, validation_fraction=args.validation_fraction, seed=args.seed,
+                     shard_size=args.shard_size, overwrite=args.overwrite, progress=print)
     print(json.dumps({"staged": args.to, "examples": manifest.examples,
                       "shards": {k: len(v) for k, v in manifest.shards.items()}}))
     return 0
@@ -292,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cluster.cli import add_parser as add_cluster_parser
 
-    add_cluster_parser(sub)
+    add_cluster_parser(sub, validate_config=load_config)
     return parser
 
 
@@ -308,12 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"hpsearch: config error: {exc}", file=sys.stderr)
-        return 2
-    except (UsageError, ClusterError) as exc:
-        print(f"hpsearch: {exc}", file=sys.stderr)
-        return 2
+    except HpsearchError as exc:  # every expected failure; its class carries the exit code
+        kind = "config error: " if isinstance(exc, ConfigError) else ""
+        print(f"hpsearch: {kind}{exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

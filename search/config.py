@@ -18,19 +18,19 @@ from typing import Any
 
 import yaml
 
-from trainables.backbones import BACKBONES
+from trainables import strategy as strategies
+from trainables.data import accepted_sources, find_source
+from trainables.errors import InputError
+from trainables.params import PARAMS, FloatRange, IntRange, bounds, upper
+from trainables.spec import MAX_SEED, DataConfig, RecipeConfig
+from trainables.storage import is_supported, supported_schemes
 
-DATASETS = ("digits", "cifar10")
-STRATEGIES = ("single", "mwms", "tpu")
 # Ray's names for TPU generations (the ``accelerator_type`` of a TPU node).
 TPU_ACCELERATORS = ("TPU-V4", "TPU-V5P", "TPU-V5LITEPOD", "TPU-V6E")
 WEIGHTS = ("imagenet", "none")
-# numpy's RandomState (behind Optuna's samplers and scikit-learn's splits) takes seeds
-# below 2**32.
-MAX_SEED = 2**32 - 1
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config problem, tied to the dotted path of the field that caused it."""
 
     def __init__(self, field_path: str, message: str) -> None:
@@ -38,96 +38,24 @@ class ConfigError(ValueError):
         self.field = field_path
 
 
-def _bounds(low: float | None = None, high: float | None = None, *, open_low: bool = False) -> dict:
-    """Field metadata: the allowed interval of a number (or of both ends of a range)."""
-    return {"low": low, "high": high, "open_low": open_low}
-
-
-# ---------------------------------------------------------------------------- ranges
-
-
-@dataclass(frozen=True)
-class FloatRange:
-    """A closed interval searched uniformly, or log-uniformly when ``log`` is true."""
-
-    low: float
-    high: float
-    log: bool = False
-
-
-@dataclass(frozen=True)
-class IntRange:
-    """A closed integer interval searched uniformly."""
-
-    low: int
-    high: int
-
-
 # ---------------------------------------------------------------------------- sections
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where images come from and how the validation split is carved."""
-
-    # "digits" (scikit-learn's bundled handwritten digits, offline), "cifar10" (Keras
-    # loader, downloads once), or a directory in the CIFAR python-batch format.
-    dataset: str = "digits"
-    # Fraction of the training split held out for validation; the search never reads test.
-    validation_fraction: float = field(default=0.2, metadata=_bounds(0.0, 0.9, open_low=True))
-    # Side in pixels the model resizes its input to. None: the backbone's native size
-    # (B0 224 ... B7 600). Small machines set 32.
-    image_size: int | None = field(default=None, metadata=_bounds(32, 1024))
-    # Use at most this many training images (after the validation split). None: all.
-    max_train_examples: int | None = field(default=None, metadata=_bounds(1, None))
-    seed: int = field(default=0, metadata=_bounds(0, MAX_SEED))
+# The search space: one field per row of the parameter table (trainables.params), a
+# range or a tuple of choices to search, or one value to fix. Derived, never listed here.
+SpaceConfig = dataclasses.make_dataclass(
+    "SpaceConfig",
+    [(p.config_name, p.config_type, field(default=p.space, metadata={"bounds": p.bounds} if p.bounds else {}))
+     for p in PARAMS],
+    frozen=True,
+)
+SpaceConfig.__module__ = __name__  # so that pickles (Ray ships configs to trials) find it
+SpaceConfig.__doc__ = "The search space: what Optuna's TPE sampler chooses per trial (see trainables.params)."
 
 
-@dataclass(frozen=True)
-class SpaceConfig:
-    """The search space: what Optuna's TPE sampler chooses per trial."""
-
-    backbones: tuple[str, ...] = ("B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7")
-    # Side of each Cutout square as a fraction of the image side (recipe: 0.4).
-    cutout_fraction: FloatRange = field(
-        default=FloatRange(0.1, 0.5), metadata=_bounds(0.0, 1.0)
-    )
-    # How many Cutout squares per image (recipe: 2).
-    cutout_count: IntRange = field(default=IntRange(0, 3), metadata=_bounds(0, 16))
-    dropout: FloatRange = field(default=FloatRange(0.2, 0.6), metadata=_bounds(0.0, 0.95))
-    # Cosine warmup length of phase 2 (recipe: 10).
-    warmup_epochs: IntRange = field(default=IntRange(2, 10), metadata=_bounds(0, 1000))
-    # Peak learning rate of phase 2, searched on a log scale (recipe: 0.025).
-    max_lr: FloatRange = field(
-        default=FloatRange(0.005, 0.1, log=True), metadata=_bounds(0.0, 10.0, open_low=True)
-    )
-
-
-@dataclass(frozen=True)
-class RecipeConfig:
-    """The fixed parts of the fine-tuning recipe (RECIPE.md section 1)."""
-
-    # Global batch size (per replica x replicas).
-    batch_size: int = field(default=200, metadata=_bounds(1, 65536))
-    # Phase 1: backbone frozen, head only.
-    head_epochs: int = field(default=5, metadata=_bounds(0, 1000))
-    # The article does not give the head-phase rate; SGD at this constant rate.
-    head_lr: float = field(default=0.01, metadata=_bounds(0.0, 10.0, open_low=True))
-    # Phase 2 after the warmup: flat at max LR, then cosine cooldown to min LR.
-    flat_epochs: int = field(default=5, metadata=_bounds(0, 1000))
-    cooldown_epochs: int = field(default=20, metadata=_bounds(0, 1000))
-    min_lr: float = field(default=0.001, metadata=_bounds(0.0, 10.0))
-    momentum: float = field(default=0.9, metadata=_bounds(0.0, 1.0))
-    # "imagenet", "none" (train from scratch), or a path to a backbone weights file.
-    weights: str = "imagenet"
-    # Random shift of up to this fraction of the side, each direction.
-    shift_fraction: float = field(default=0.1, metadata=_bounds(0.0, 0.5))
-    # Random saturation and contrast factors are drawn from [1 - x, 1 + x].
-    saturation_delta: float = field(default=0.2, metadata=_bounds(0.0, 1.0))
-    contrast_delta: float = field(default=0.2, metadata=_bounds(0.0, 1.0))
-    # Random horizontal flip. Right for photographs (CIFAR); wrong for digits, where a
-    # mirrored 2 or 7 is no longer the same glyph.
-    flip: bool = True
+def space_value(space: Any, name: str) -> Any:
+    """The declared space of the parameter ``name`` (a trial-side name, e.g. ``backbone``)."""
+    (param,) = [p for p in PARAMS if p.name == name]
+    return getattr(space, param.config_name)
 
 
 @dataclass(frozen=True)
@@ -136,14 +64,14 @@ class SearchConfig:
 
     # Experiment name: the directory under storage.path that holds the search.
     name: str = "hpsearch"
-    num_trials: int = field(default=16, metadata=_bounds(1, 100000))
-    max_concurrent_trials: int = field(default=2, metadata=_bounds(1, 10000))
-    seed: int = field(default=0, metadata=_bounds(0, MAX_SEED))
+    num_trials: int = field(default=16, metadata=bounds(1, 100000))
+    max_concurrent_trials: int = field(default=2, metadata=bounds(1, 10000))
+    seed: int = field(default=0, metadata=bounds(0, MAX_SEED))
     # Trials TPE samples at random before it models the results (Optuna's n_startup_trials).
-    startup_trials: int = field(default=8, metadata=_bounds(1, 100000))
+    startup_trials: int = field(default=8, metadata=bounds(1, 100000))
     # ASHA: no trial is stopped before this many epochs; a rung keeps 1/reduction_factor.
-    grace_epochs: int = field(default=3, metadata=_bounds(1, 10000))
-    reduction_factor: int = field(default=3, metadata=_bounds(2, 100))
+    grace_epochs: int = field(default=3, metadata=bounds(1, 10000))
+    reduction_factor: int = field(default=3, metadata=bounds(2, 100))
 
 
 @dataclass(frozen=True)
@@ -151,11 +79,11 @@ class ResourcesConfig:
     """What one trial holds while it runs."""
 
     strategy: str = "single"
-    workers: int = field(default=1, metadata=_bounds(1, 4096))
-    cpus_per_worker: float = field(default=1.0, metadata=_bounds(0.0, 1024.0, open_low=True))
-    gpus_per_worker: float = field(default=0.0, metadata=_bounds(0.0, 16.0))
+    workers: int = field(default=1, metadata=bounds(1, 4096))
+    cpus_per_worker: float = field(default=1.0, metadata=bounds(0.0, 1024.0, open_low=True))
+    gpus_per_worker: float = field(default=0.0, metadata=bounds(0.0, 16.0))
     # tpu strategy: the chips of one TPU host, its generation and its slice topology.
-    tpu_chips_per_worker: int = field(default=4, metadata=_bounds(1, 8))
+    tpu_chips_per_worker: int = field(default=4, metadata=bounds(1, 8))
     tpu_accelerator: str = "TPU-V6E"
     tpu_topology: str = "2x2"
     # Reduced precision (float16 on GPUs, bfloat16 on TPUs) and XLA compilation of the
@@ -188,12 +116,7 @@ class Config:
     @property
     def max_epochs(self) -> int:
         """Longest trial in epochs: ASHA's max_t (the warmup axis varies per trial)."""
-        return total_epochs(self.recipe, self.space.warmup_epochs.high)
-
-
-def total_epochs(recipe: RecipeConfig, warmup_epochs: int) -> int:
-    """Epochs of one trial: head phase, then warmup, flat and cooldown."""
-    return recipe.head_epochs + warmup_epochs + recipe.flat_epochs + recipe.cooldown_epochs
+        return self.recipe.epochs(upper(space_value(self.space, "warmup_epochs")))
 
 
 def smoke_config(config: Config) -> Config:
@@ -207,7 +130,7 @@ def smoke_config(config: Config) -> Config:
     )
     space = dataclasses.replace(
         config.space,
-        warmup_epochs=dataclasses.replace(config.space.warmup_epochs, low=0, high=1),
+        warmup_epochs=IntRange(0, 1),
     )
     return dataclasses.replace(
         config,
@@ -302,7 +225,12 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
+        choices = [a for a in args if a is not type(None)]
+        if len(choices) > 1:  # a range (a mapping) or one fixed value
+            ranged = [a for a in choices if dataclasses.is_dataclass(a)]
+            scalar = [a for a in choices if not dataclasses.is_dataclass(a)]
+            choices = ranged if isinstance(value, dict) else scalar
+        (inner,) = choices
         return _convert(inner, value, path)
     if dataclasses.is_dataclass(hint):
         built = _build(hint, value, path)
@@ -344,46 +272,48 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
 
 
 def _check_bounds(value: Any, meta: Any, path: str) -> None:
-    if not meta or value is None:
+    declared = meta.get("bounds") if meta else None
+    if declared is None or value is None:
         return
     if isinstance(value, (FloatRange, IntRange)):
         _check_bounds(value.low, meta, f"{path}.low")
         _check_bounds(value.high, meta, f"{path}.high")
         return
-    low, high, open_low = meta["low"], meta["high"], meta["open_low"]
-    if low is not None and (value <= low if open_low else value < low):
-        raise ConfigError(path, f"must be {'>' if open_low else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ConfigError(path, f"must be <= {high}, got {value}")
+    problem = declared.problem(value)
+    if problem:
+        raise ConfigError(path, problem)
+
+
+def _lower(space_value: Any) -> Any:
+    return space_value.low if isinstance(space_value, (FloatRange, IntRange)) else space_value
 
 
 def _check_rules(config: Config) -> None:
-    """Rules that span fields or name allowed choices."""
-    for i, name in enumerate(config.space.backbones):
-        if name not in BACKBONES:
-            raise ConfigError(
-                f"space.backbones[{i}]", f"must be one of {', '.join(BACKBONES)}, got {name!r}"
-            )
-    dataset = config.data.dataset
-    if (dataset not in DATASETS and not _looks_like_path(dataset)) or (
-        "://" in dataset and not dataset.startswith("gs://")
-    ):
-        raise ConfigError(
-            "data.dataset",
-            f"must be one of {', '.join(DATASETS)}, a directory path or a staged gs:// URI, got {dataset!r}",
-        )
+    """Rules that span fields or name allowed choices (read from the registries)."""
+    for param in PARAMS:
+        if param.choices is None:
+            continue
+        allowed = param.choices()
+        for i, value in enumerate(getattr(config.space, param.config_name)):
+            if value not in allowed:
+                raise ConfigError(
+                    f"space.{param.config_name}[{i}]", f"must be one of {', '.join(allowed)}, got {value!r}"
+                )
+    if find_source(config.data.dataset) is None:
+        raise ConfigError("data.dataset", f"must be {accepted_sources()}, got {config.data.dataset!r}")
     weights = config.recipe.weights
     if weights not in WEIGHTS and not _looks_like_path(weights):
         raise ConfigError(
             "recipe.weights", f"must be imagenet, none or a weights file path, got {weights!r}"
         )
-    if config.resources.strategy not in STRATEGIES:
+    if config.resources.strategy not in strategies.STRATEGIES:
         raise ConfigError(
             "resources.strategy",
-            f"must be one of {', '.join(STRATEGIES)}, got {config.resources.strategy!r}",
+            f"must be one of {', '.join(strategies.STRATEGIES)}, got {config.resources.strategy!r}",
         )
     _check_resource_rules(config.resources)
-    replicas = config.resources.tpu_chips_per_worker if config.resources.strategy == "tpu" else config.resources.workers
+    kind = strategies.get(config.resources.strategy)
+    replicas = config.resources.tpu_chips_per_worker if kind.accelerator == "tpu" else config.resources.workers
     if config.recipe.batch_size % replicas:
         raise ConfigError(
             "recipe.batch_size",
@@ -399,22 +329,21 @@ def _check_rules(config: Config) -> None:
         raise ConfigError(
             "recipe.cooldown_epochs", "phase 2 (warmup + flat + cooldown) needs at least 1 epoch"
         )
-    if config.recipe.min_lr > config.space.max_lr.low:
+    lowest_lr = _lower(space_value(config.space, "max_lr"))
+    if config.recipe.min_lr > lowest_lr:
         raise ConfigError(
             "recipe.min_lr",
-            f"must be <= space.max_lr.low ({config.space.max_lr.low}), got {config.recipe.min_lr}",
+            f"must be <= space.max_lr.low ({lowest_lr}), got {config.recipe.min_lr}",
         )
-    storage = config.storage.path
-    if "://" in storage and not storage.startswith(("gs://", "file://")):
-        raise ConfigError("storage.path", f"must be a local path or gs:// URI, got {storage!r}")
+    if not is_supported(config.storage.path):
+        raise ConfigError("storage.path", f"must be {supported_schemes()}, got {config.storage.path!r}")
 
 
 def _check_resource_rules(res: ResourcesConfig) -> None:
-    if res.strategy in ("single", "tpu") and res.workers != 1:
-        # A tpu trial is one TPU host (TPUClusterResolver(tpu="local")); multi-host slices
-        # would need a slice-wide resolver.
+    kind = strategies.get(res.strategy)
+    if kind.one_worker and res.workers != 1:
         raise ConfigError("resources.workers", f"the {res.strategy} strategy runs 1 worker, got {res.workers}")
-    if res.strategy == "tpu":
+    if kind.accelerator == "tpu":
         if res.gpus_per_worker:
             raise ConfigError("resources.gpus_per_worker", f"must be 0 with the tpu strategy, got {res.gpus_per_worker:g}")
         if res.tpu_accelerator not in TPU_ACCELERATORS:
@@ -424,7 +353,7 @@ def _check_resource_rules(res: ResourcesConfig) -> None:
             )
         if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){1,2}", res.tpu_topology):
             raise ConfigError("resources.tpu_topology", f"must look like 2x2 or 2x2x1, got {res.tpu_topology!r}")
-    if res.xla and res.strategy != "tpu" and not res.gpus_per_worker:
+    if res.xla and kind.accelerator != "tpu" and not res.gpus_per_worker:
         raise ConfigError("resources.xla", "XLA is for GPU and TPU workers; set gpus_per_worker or leave xla unset")
 
 

@@ -11,29 +11,27 @@ placement-group cleaner frees the workers' resources.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from search.config import ResourcesConfig
-from trainables.spec import TrialSpec
 from search.resources import worker_precision
+from trainables import strategy as strategies
+from trainables.spec import TrialSpec
 
 
 def worker_loop(config: dict[str, Any]) -> None:
     """The per-worker function Ray Train runs on every worker."""
     import ray.train
 
-    from trainables.strategy import Precision, limit_threads, make_strategy
+    from trainables.strategy import limit_threads, make_strategy
     from trainables.train import WorkerContext, train_trial
 
     context = ray.train.get_context()
     limit_threads(config["cpus_per_worker"])
     strategy = make_strategy(config["strategy"])
-    worker = WorkerContext(
-        strategy, context.get_world_size(), context.get_world_rank(), Precision(**config["precision"])
-    )
-    spec = TrialSpec.from_dict(config["spec"])
+    worker = WorkerContext(strategy, context.get_world_size(), context.get_world_rank(), config["precision"])
+    spec: TrialSpec = config["spec"]
     digest_dir = config.get("digest_dir")
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
@@ -55,7 +53,7 @@ def scaling_config(resources: ResourcesConfig) -> Any:
     import ray.train
 
     per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
-    if resources.strategy == "tpu":
+    if strategies.get(resources.strategy).accelerator == "tpu":
         per_worker["TPU"] = float(resources.tpu_chips_per_worker)
         return ray.train.ScalingConfig(
             num_workers=1,
@@ -92,10 +90,10 @@ def make_trainer(
     return TensorflowTrainer(
         worker_loop,
         train_loop_config={
-            "spec": spec.to_dict(),
+            "spec": spec,
             "strategy": resources.strategy,
             "cpus_per_worker": resources.cpus_per_worker,
-            "precision": dataclasses.asdict(worker_precision(resources)),
+            "precision": worker_precision(resources),
             "digest_dir": digest_dir,
         },
         scaling_config=scaling_config(resources),

@@ -2,7 +2,7 @@
 
 Members are chosen on the validation split only (top-k by validation accuracy, or
 Caruana et al. 2004's greedy selection with replacement); the test split is read once,
-after the members are fixed. RECIPE.md section 4: averaging the TTA probabilities of
+after the members are fixed. docs/recipe.md section 4: averaging the TTA probabilities of
 several models beat every single model (95.07% against 93.93-94.48%).
 """
 
@@ -20,7 +20,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from search.results import TRIALS_PARQUET
-from search.storage import Location
+from trainables.errors import HpsearchError
+from trainables.params import NAMES
+from trainables.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ MODEL_FILE = "ensemble.keras"
 MANIFEST = "manifest.json"
 
 
-class EnsembleError(RuntimeError):
+class EnsembleError(HpsearchError):
     """The ensemble cannot be built; the message says why and what to do."""
 
 
@@ -113,14 +115,13 @@ def read_candidates(location: Location, experiment: str) -> list[Candidate]:
             "(or this is not an experiment directory). Finish it with `hpsearch run --resume` first"
         )
     rows = pq.read_table(path, filesystem=location.filesystem).to_pylist()
-    from trainables.spec import SEARCHED
 
     candidates = [
         Candidate(
             trial_id=r["trial_id"],
             best_val_accuracy=r["best_val_accuracy"],
             checkpoint=r["best_checkpoint"],
-            config={k: r[k] for k in SEARCHED},
+            config={k: r[k] for k in NAMES if k in r},
         )
         for r in rows
         if r["best_checkpoint"] and r["best_val_accuracy"] is not None and not math.isnan(r["best_val_accuracy"])
@@ -197,7 +198,7 @@ def build(
     candidates = read_candidates(location, experiment)  # before TensorFlow starts
     from tqdm import tqdm
 
-    from trainables.data import load_test, load_train_val
+    from trainables.data import load_configured, load_test
     from trainables.tta import predict_views, views
 
     with tempfile.TemporaryDirectory(prefix="hpsearch-ensemble-") as scratch:
@@ -205,8 +206,8 @@ def build(
         if not members:
             raise EnsembleError(f"no usable checkpoint in {location.uri}/{experiment}: nothing to ensemble")
         spec = members[0].spec
-        data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples)
-        chosen_views = views(tta, flip=spec.flip)
+        data = load_configured(spec.data)
+        chosen_views = views(tta, flip=spec.recipe.flip)
 
         n = len(chosen_views)
 
@@ -245,7 +246,7 @@ def build(
         rows += ensemble_rows("val", val, data.val.labels)
 
         # The test split, read once, now that the members are fixed.
-        test = load_test(spec.dataset)
+        test = load_test(spec.data.dataset)
         probs = predict(test.images, "test")
         rows += [Row(name(m), "test", 1, accuracy(probs[m.trial_id][0], test.labels)) for m in members]
         rows += ensemble_rows("test", probs, test.labels)

@@ -18,22 +18,31 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from search.config import FloatRange, IntRange, SpaceConfig, config_from_dict
+from search.config import SpaceConfig, config_from_dict
 from search.ensemble import ENSEMBLE_DIR, TABLE_MD
 from search.results import CONFIG_JSON, HISTORY_PARQUET, TRIALS_PARQUET
-from search.storage import Location
-from trainables.spec import SEARCHED
+from search.space import distributions
+from trainables import backbones
+from trainables.errors import HpsearchError
+from trainables.params import PARAMS
+from trainables.storage import Location
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
-BACKBONE_COLOURS = {
-    "B0": "#1f77b4", "B1": "#ff7f0e", "B2": "#2ca02c", "B3": "#d62728",
-    "B4": "#9467bd", "B5": "#8c564b", "B6": "#e377c2", "B7": "#7f7f7f",
-}
 
 
-class ReportError(RuntimeError):
+def backbone_colour(name: str) -> str:
+    """A fixed colour per backbone of the registry (matplotlib's tab20 cycle)."""
+    import matplotlib
+
+    names = list(backbones.BACKBONES)
+    if name not in names:
+        return "black"
+    return matplotlib.colors.to_hex(matplotlib.colormaps["tab20"](names.index(name) % 20))
+
+
+class ReportError(HpsearchError):
     """The report cannot be made; the message says why."""
 
 
@@ -57,52 +66,19 @@ def read_experiment(location: Location, experiment: str) -> Experiment:
     trials = pq.read_table(trials_path, filesystem=fs).to_pylist()
     history = pq.read_table(location.join(experiment, HISTORY_PARQUET), filesystem=fs).to_pandas()
     config_path = location.join(experiment, CONFIG_JSON)
-    if exists(config_path):
-        with fs.open_input_stream(config_path) as handle:
-            space = config_from_dict(json.loads(handle.read())).space
-    else:  # older experiments: the sampled values bound the space
-        space = None
+    if not exists(config_path):
+        raise ReportError(f"{location.uri}/{experiment} has no {CONFIG_JSON}: not an hpsearch experiment directory")
+    with fs.open_input_stream(config_path) as handle:
+        space = config_from_dict(json.loads(handle.read())).space
     table_path = location.join(experiment, ENSEMBLE_DIR, TABLE_MD)
     table = None
     if exists(table_path):
         with fs.open_input_stream(table_path) as handle:
             table = handle.read().decode()
-    return Experiment(trials=trials, history=history, space=space or _space_from_trials(trials), ensemble_table=table)
-
-
-def _space_from_trials(trials: list[dict[str, Any]]) -> SpaceConfig:
-    def span(name: str, cls: type) -> Any:
-        values = [t[name] for t in trials]
-        return cls(min(values), max(values))
-
-    return SpaceConfig(
-        backbones=tuple(sorted({t["backbone"] for t in trials})),
-        cutout_fraction=span("cutout_fraction", FloatRange),
-        cutout_count=span("cutout_count", IntRange),
-        dropout=span("dropout", FloatRange),
-        warmup_epochs=span("warmup_epochs", IntRange),
-        max_lr=FloatRange(min(t["max_lr"] for t in trials), max(t["max_lr"] for t in trials), log=True),
-    )
+    return Experiment(trials=trials, history=history, space=space, ensemble_table=table)
 
 
 # ---------------------------------------------------------------------------- importance
-
-
-def distributions(space: SpaceConfig) -> dict[str, Any]:
-    """Optuna distributions of the declared space (the same the sampler used)."""
-    import optuna.distributions as d
-
-    def flt(r: FloatRange) -> Any:
-        return d.FloatDistribution(r.low, r.high, log=r.log)
-
-    return {
-        "backbone": d.CategoricalDistribution(list(space.backbones)),
-        "cutout_fraction": flt(space.cutout_fraction),
-        "cutout_count": d.IntDistribution(space.cutout_count.low, space.cutout_count.high),
-        "dropout": flt(space.dropout),
-        "warmup_epochs": d.IntDistribution(space.warmup_epochs.low, space.warmup_epochs.high),
-        "max_lr": flt(space.max_lr),
-    }
 
 
 def importances(trials: list[dict[str, Any]], space: SpaceConfig) -> dict[str, float]:
@@ -150,7 +126,7 @@ def plot_learning_curves(exp: Experiment) -> bytes:
     for trial_id, curve in exp.history.groupby("trial_id"):
         curve = curve.sort_values("epoch")
         backbone = curve["backbone"].iloc[0]
-        colour = BACKBONE_COLOURS.get(backbone, "black")
+        colour = backbone_colour(backbone)
         ax.plot(curve["epoch"], curve["val_accuracy"], color=colour, alpha=0.8,
                 label=backbone if backbone not in seen else None)
         seen.add(backbone)
@@ -169,17 +145,21 @@ def plot_learning_curves(exp: Experiment) -> bytes:
 
 
 def plot_params(exp: Experiment) -> bytes:
+    """Best validation accuracy against every parameter of the table, one panel each."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6))
-    for ax, name in zip(axes.flat, SEARCHED):
-        xs = [t[name] for t in exp.trials]
-        ys = [t["best_val_accuracy"] for t in exp.trials]
-        colours = [BACKBONE_COLOURS.get(t["backbone"], "black") for t in exp.trials]
-        ax.scatter(xs, ys, c=colours)
-        if name == "max_lr" and exp.space.max_lr.log:
+    columns = 3
+    rows = -(-len(PARAMS) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(11, 3 * rows), squeeze=False)
+    for ax in axes.flat[len(PARAMS):]:
+        ax.set_visible(False)
+    for ax, param in zip(axes.flat, PARAMS):
+        shown = [t for t in exp.trials if t.get(param.name) is not None]
+        ax.scatter([t[param.name] for t in shown], [t["best_val_accuracy"] for t in shown],
+                   c=[backbone_colour(t["backbone"]) for t in shown])
+        if getattr(getattr(exp.space, param.config_name), "log", False):
             ax.set_xscale("log")
-        ax.set_xlabel(name)
+        ax.set_xlabel(param.name)
         ax.set_ylabel("best val accuracy")
         ax.grid(alpha=0.3)
     fig.suptitle("Validation accuracy against each searched parameter")
@@ -206,13 +186,13 @@ def plot_importance(values: dict[str, float]) -> bytes:
 
 
 def _trials_html(trials: list[dict[str, Any]]) -> str:
-    columns = ["trial_id", *SEARCHED, "epochs_run", "stopped_early", "best_val_accuracy"]
+    columns = ["trial_id", *(p.name for p in PARAMS), "epochs_run", "stopped_early", "best_val_accuracy"]
     head = "".join(f"<th>{c}</th>" for c in columns)
     rows = []
     for t in sorted(trials, key=lambda t: -(t["best_val_accuracy"] or 0)):
         cells = []
         for c in columns:
-            v = t[c]
+            v = t.get(c)
             cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"

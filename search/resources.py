@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from search.config import ResourcesConfig
+from trainables import strategy as strategies
 from trainables.strategy import Precision, precision_for
 
 # The trial function itself only waits for its workers; it must hold almost nothing or
@@ -32,13 +33,13 @@ class TrialShape:
         bundle = {"CPU": self.cpus_per_worker}
         if self.gpus_per_worker:
             bundle["GPU"] = self.gpus_per_worker
-        if self.strategy == "tpu":
+        if strategies.get(self.strategy).accelerator == "tpu":
             bundle["TPU"] = float(self.tpu_chips_per_worker)
         return bundle
 
     def total(self) -> dict[str, float]:
         total = {k: v * self.workers for k, v in self.worker_bundle().items()}
-        total["CPU"] = total.get("CPU", 0.0) + (DRIVER_CPU if self.strategy != "single" else 0.0)
+        total["CPU"] = total.get("CPU", 0.0) + (DRIVER_CPU if strategies.get(self.strategy).distributed else 0.0)
         return total
 
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from search.storage import Location
-from trainables.spec import SEARCHED
+from trainables.params import NAMES
+from trainables.storage import Location
 
 TRIALS_PARQUET = "trials.parquet"
 TRIALS_CSV = "trials.csv"
@@ -75,7 +75,7 @@ def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any) ->
             # receives their paths as a metric.
             value = frame[CHECKPOINT_PATH][best_index]
             best_path = value if isinstance(value, str) else None
-        config = {k: result.config[k] for k in SEARCHED if k in result.config}
+        config = {k: result.config[k] for k in NAMES if k in result.config}
         rows.append(
             TrialRow(
                 trial_id=_trial_id(result),
@@ -98,7 +98,7 @@ def _trial_id(result: Any) -> str:
 
 def rows_table(rows: list[TrialRow]) -> pa.Table:
     columns: dict[str, list[Any]] = {"trial_id": [r.trial_id for r in rows], "status": [r.status for r in rows]}
-    for name in SEARCHED:
+    for name in NAMES:
         columns[name] = [r.config.get(name) for r in rows]
     columns.update(
         epochs_run=[r.epochs_run for r in rows],
@@ -121,9 +121,9 @@ def history_table(result_grid: Any) -> pa.Table:
             continue
         frame = frame.copy()
         frame["trial_id"] = _trial_id(result)
-        for name in SEARCHED:
+        for name in NAMES:
             frame[name] = result.config.get(name)
-        keep = ["trial_id", "epoch", "phase", "lr", "train_loss", "train_accuracy", "val_accuracy", *SEARCHED]
+        keep = ["trial_id", "epoch", "phase", "lr", "train_loss", "train_accuracy", "val_accuracy", *NAMES]
         frames.append(frame[[c for c in keep if c in frame]])
     if not frames:
         return pa.table({"trial_id": pa.array([], pa.string())})

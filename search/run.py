@@ -13,11 +13,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search.config import Config, ResourcesConfig
+from search.config import Config
 from search.resources import DRIVER_CPU, worker_precision
 from search.space import param_space
-from search.storage import Location
-from trainables.spec import SEARCHED, TrialSpec
+from trainables import strategy as strategies
+from trainables.params import hyperparams_from
+from trainables.spec import TrialSpec
+from trainables.storage import Location, resolve
 from trainables.strategy import limit_threads
 
 log = logging.getLogger(__name__)
@@ -27,34 +29,9 @@ MODE = "max"
 TIME_ATTR = "epoch"
 
 
-def fixed_spec_fields(config: Config) -> dict[str, Any]:
-    """The TrialSpec fields every trial shares (everything except the searched axes)."""
-    data, recipe = config.data, config.recipe
-    return {
-        "dataset": data.dataset,
-        "validation_fraction": data.validation_fraction,
-        "data_seed": data.seed,
-        "image_size": data.image_size,
-        "max_train_examples": data.max_train_examples,
-        "batch_size": recipe.batch_size,
-        "head_epochs": recipe.head_epochs,
-        "head_lr": recipe.head_lr,
-        "flat_epochs": recipe.flat_epochs,
-        "cooldown_epochs": recipe.cooldown_epochs,
-        "min_lr": recipe.min_lr,
-        "momentum": recipe.momentum,
-        "weights": recipe.weights,
-        "shift_fraction": recipe.shift_fraction,
-        "saturation_delta": recipe.saturation_delta,
-        "contrast_delta": recipe.contrast_delta,
-        "flip": recipe.flip,
-        "seed": config.search.seed,
-    }
-
-
-def trial_spec(fixed: dict[str, Any], sampled: dict[str, Any]) -> TrialSpec:
-    """Combine the fixed fields with one trial's sampled values."""
-    return TrialSpec.from_dict({**fixed, **{k: sampled[k] for k in SEARCHED}})
+def trial_spec(config: Config, sampled: dict[str, Any]) -> TrialSpec:
+    """One trial's spec: the config's data and recipe sections, its sampled values."""
+    return TrialSpec(config.data, config.recipe, hyperparams_from(sampled), seed=config.search.seed)
 
 
 def make_searcher(config: Config) -> OptunaSearch:
@@ -83,7 +60,7 @@ def make_scheduler(config: Config) -> ASHAScheduler:
     )
 
 
-def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], resources: ResourcesConfig) -> None:
+def run_trial(sampled: dict[str, Any], *, config: Config) -> None:
     """Tune's trial function for the single strategy: one trial in this process.
 
     Resumes from Tune's checkpoint when the trial is restored (a retried failure or a
@@ -91,9 +68,9 @@ def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], resources: Reso
     """
     from trainables.train import WorkerContext, train_trial
 
-    limit_threads(resources.cpus_per_worker)
-    spec = trial_spec(fixed, sampled)
-    context = WorkerContext(precision=worker_precision(resources))
+    limit_threads(config.resources.cpus_per_worker)
+    spec = trial_spec(config, sampled)
+    context = WorkerContext(precision=worker_precision(config.resources))
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory else None
@@ -111,9 +88,7 @@ def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], resources: Reso
 TRAIN_RUNS = "train_runs"
 
 
-def run_distributed_trial(
-    sampled: dict[str, Any], *, fixed: dict[str, Any], resources: ResourcesConfig, experiment_uri: str
-) -> None:
+def run_distributed_trial(sampled: dict[str, Any], *, config: Config, experiment_uri: str) -> None:
     """Tune's trial function for the mwms and tpu strategies: it starts a Ray Train job
     of the trial's workers and waits for it.
 
@@ -125,12 +100,11 @@ def run_distributed_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from search.distributed import make_trainer
-    from search.storage import resolve
 
     location = resolve(experiment_uri)
     trainer = make_trainer(
-        trial_spec(fixed, sampled),
-        resources,
+        trial_spec(config, sampled),
+        config.resources,
         name=tune.get_context().get_trial_id(),
         storage_path=location.join(TRAIN_RUNS),
         storage_filesystem=location.filesystem,
@@ -146,13 +120,11 @@ def make_trainable(config: Config, location: Location) -> Any:
     CPUs and GPUs. A distributed trial's process only waits for its Ray Train workers,
     which hold the resources, so it takes almost nothing.
     """
-    res, fixed = config.resources, fixed_spec_fields(config)
-    if res.strategy == "single":
-        bound = tune.with_parameters(run_trial, fixed=fixed, resources=res)
+    res = config.resources
+    if not strategies.get(res.strategy).distributed:
+        bound = tune.with_parameters(run_trial, config=config)
         return tune.with_resources(bound, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
-    bound = tune.with_parameters(
-        run_distributed_trial, fixed=fixed, resources=res, experiment_uri=experiment_path(config, location)
-    )
+    bound = tune.with_parameters(run_distributed_trial, config=config, experiment_uri=experiment_path(config, location))
     return tune.with_resources(bound, {"cpu": DRIVER_CPU})
 
 
@@ -160,7 +132,7 @@ def run_config(config: Config, location: Location, callbacks: list | None = None
     return tune.RunConfig(
         name=config.search.name,
         callbacks=callbacks,
-        storage_path=location.root if location.uri.startswith("gs://") else location.uri,
+        storage_path=location.root if location.is_remote else location.uri,
         storage_filesystem=location.filesystem,
         checkpoint_config=tune.CheckpointConfig(
             # The best two by validation accuracy; Tune also always keeps the latest,
@@ -217,7 +189,7 @@ def _bound_trial_cleanup(config: Config) -> None:
     placement-group cleaner then frees the workers' bundles for the next trial.
     Read by Tune's controller when the Tuner starts; an explicit setting wins.
     """
-    if config.resources.strategy != "single":
+    if strategies.get(config.resources.strategy).distributed:
         os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))
 
 

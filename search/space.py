@@ -1,30 +1,40 @@
-"""The declared search space as Tune domains: a declaration, no computation."""
+"""The declared search space as Tune domains: a declaration, no computation.
+
+One domain per row of the parameter table (``trainables.params.PARAMS``): a range
+becomes a uniform or log-uniform domain, a tuple of choices a ``tune.choice``, and a
+single value stays a constant that every trial receives. Optuna's distributions come
+from these domains through Ray's own converter (:func:`distributions`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
-from search.config import FloatRange, IntRange, SpaceConfig
-
-
-def _float(r: FloatRange) -> Any:
-    return tune.loguniform(r.low, r.high) if r.log else tune.uniform(r.low, r.high)
+from search.config import SpaceConfig, space_value
+from trainables.params import PARAMS, FloatRange, IntRange
 
 
-def _int(r: IntRange) -> Any:
-    # tune.randint excludes its upper bound; the config's ranges are closed.
-    return tune.randint(r.low, r.high + 1)
+def domain(value: Any) -> Any:
+    """The Tune domain of one declared space value."""
+    if isinstance(value, FloatRange):
+        return tune.loguniform(value.low, value.high) if value.log else tune.uniform(value.low, value.high)
+    if isinstance(value, IntRange):
+        # tune.randint excludes its upper bound; the config's ranges are closed.
+        return tune.randint(value.low, value.high + 1)
+    if isinstance(value, tuple):
+        return tune.choice(list(value))
+    return value  # fixed: a constant in every trial's config
 
 
 def param_space(space: SpaceConfig) -> dict[str, Any]:
-    """Tune domains for the six searched axes (names match ``trainables.spec.SEARCHED``)."""
-    return {
-        "backbone": tune.choice(list(space.backbones)),
-        "cutout_fraction": _float(space.cutout_fraction),
-        "cutout_count": _int(space.cutout_count),
-        "dropout": _float(space.dropout),
-        "warmup_epochs": _int(space.warmup_epochs),
-        "max_lr": _float(space.max_lr),
-    }
+    """Tune's ``param_space``: every parameter of the table, by its trial-side name."""
+    return {p.name: domain(space_value(space, p.name)) for p in PARAMS}
+
+
+def distributions(space: SpaceConfig) -> dict[str, Any]:
+    """Optuna distributions of the searched parameters (the ones OptunaSearch samples),
+    converted by Ray's ``OptunaSearch.convert_search_space``; fixed values are left out."""
+    return OptunaSearch.convert_search_space(param_space(space))

@@ -11,16 +11,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from search.storage import check_writable, resolve
+from trainables.storage import check_writable, resolve
 from trainables import staged
 from trainables.data import load_test, load_train_val
+from trainables.errors import InputError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 5000
 
 
-class StageError(RuntimeError):
+class StageError(InputError):
     """The destination cannot take a staged data set."""
 
 
@@ -40,9 +41,9 @@ def stage(
     staging that fails midway is never mistaken for a complete one.
     """
     if not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"--validation-fraction must be in (0, 1), got {validation_fraction}")
+        raise StageError(f"--validation-fraction must be in (0, 1), got {validation_fraction}")
     if shard_size < 1:
-        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+        raise StageError(f"--shard-size must be >= 1, got {shard_size}")
     location = resolve(to)
     if location.exists(location.join(staged.MANIFEST)) and not overwrite:
         raise StageError(f"{location.uri} already holds a staged data set: pass --overwrite to replace it")

@@ -1,4 +1,4 @@
-"""The tf.data input pipeline and the recipe's augmentations (RECIPE.md section 1).
+"""The tf.data input pipeline and the recipe's augmentations (docs/recipe.md section 1).
 
 Augmentations work on whole batches with stateless random ops, so a pipeline is fast
 (vectorised, no per-image Python) and deterministic: the same seed and epoch give the

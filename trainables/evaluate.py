@@ -9,7 +9,7 @@ import numpy as np
 
 from trainables import checkpoint as ckpt
 from trainables.augment import eval_dataset
-from trainables.data import load_train_val
+from trainables.data import load_configured
 
 
 def dataset_accuracy(predict: Callable, data) -> float:
@@ -27,6 +27,6 @@ def evaluate_checkpoint(directory: Path, batch_size: int = 256) -> float:
     split (same data set, fraction and seed, read from the checkpoint's state)."""
     state = ckpt.read_state(directory)
     spec = state.spec
-    data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples)
+    data = load_configured(spec.data)
     model = ckpt.load_model(directory)
     return dataset_accuracy(lambda x: model(x, training=False), eval_dataset(data.val.images, data.val.labels, batch_size))

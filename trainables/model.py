@@ -1,9 +1,9 @@
 """The classifier: an EfficientNet backbone with the input resized inside the model.
 
-RECIPE.md section 1: CIFAR's 32 px images are resized inside the model to the
+docs/recipe.md section 1: CIFAR's 32 px images are resized inside the model to the
 backbone's resolution, the backbone is called with ``training=False`` so its
 BatchNormalization layers stay in inference mode (also after unfreezing: fine-tuning
-must not overwrite the pretrained statistics, RECIPE.md section 5), and the head is
+must not overwrite the pretrained statistics, docs/recipe.md section 5), and the head is
 GlobalAveragePooling -> Dropout -> Dense -> softmax.
 """
 
@@ -13,23 +13,27 @@ from dataclasses import dataclass
 
 import keras
 
-from trainables.backbones import application_name, input_resolution
+from trainables import backbones
+from trainables.params import Hyperparams
 
 BACKBONE_LAYER = "backbone"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What :func:`build_model` needs."""
+    """What :func:`build_model` and :func:`set_phase` need."""
 
-    backbone: str
+    hp: Hyperparams  # the trial's values: backbone, dropout, ...
     num_classes: int
-    dropout: float
     # "imagenet", "none", or a path to a backbone weights file.
     weights: str = "imagenet"
     # Resize target; None means the backbone's native resolution.
     image_size: int | None = None
     input_side: int = 32
+
+    @property
+    def freeze_batchnorm(self) -> bool:
+        return batchnorm_frozen(self.weights)
 
 
 def build_model(spec: ModelSpec) -> keras.Model:
@@ -42,16 +46,16 @@ def build_model(spec: ModelSpec) -> keras.Model:
         A Keras model mapping (B, 32, 32, 3) images in 0-255 to class probabilities. Its
         backbone is the layer named ``backbone``.
     """
-    if not 0 <= spec.dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {spec.dropout}")
+    hp = spec.hp
+    if not 0 <= hp.dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {hp.dropout}")
     if spec.num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {spec.num_classes}")
-    side = input_resolution(spec.backbone, spec.image_size)
-    constructor = getattr(keras.applications, application_name(spec.backbone))
+    side = backbones.input_resolution(hp.backbone, spec.image_size)
     weights = None if spec.weights == "none" else spec.weights
-    base = constructor(include_top=False, weights=weights, input_shape=(side, side, 3))
+    base = backbones.get(hp.backbone).build(weights, (side, side, 3))
     base.name = BACKBONE_LAYER
-    if not batchnorm_frozen(spec.weights):
+    if not spec.freeze_batchnorm:
         _speed_up_batchnorm(base)
     base.trainable = False
 
@@ -61,12 +65,13 @@ def build_model(spec: ModelSpec) -> keras.Model:
         x = keras.layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
     # training=False: BatchNormalization in inference mode in both phases; set_phase
     # also freezes those layers, since Keras 3 overrides this flag during training.
-    x = base(x, training=False) if batchnorm_frozen(spec.weights) else base(x)
+    x = base(x, training=False) if spec.freeze_batchnorm else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(spec.dropout, name="dropout")(x)
+    x = keras.layers.Dropout(hp.dropout, name="dropout")(x)
     # Softmax in float32 even under mixed precision, for a stable loss.
     outputs = keras.layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="head")(x)
-    return keras.Model(inputs, outputs, name=f"efficientnet_{spec.backbone.lower()}_classifier")
+    family = backbones.get(hp.backbone).family
+    return keras.Model(inputs, outputs, name=f"{family}_{hp.backbone.lower()}_classifier")
 
 
 def batchnorm_frozen(weights: str) -> bool:
@@ -74,7 +79,7 @@ def batchnorm_frozen(weights: str) -> bool:
 
     Pretrained backbones (``imagenet`` or a weights file) keep BatchNormalization in
     inference mode in both phases, so fine-tuning cannot overwrite the pretrained
-    statistics (RECIPE.md sections 1 and 5). A backbone trained from scratch
+    statistics (docs/recipe.md sections 1 and 5). A backbone trained from scratch
     (``none``) has no statistics to protect: its moving mean and variance start at 0 and
     1, and a deep net with normalisation frozen at those values does not learn (measured
     on digits: chance accuracy after 13 epochs), so there BatchNormalization trains.
@@ -100,15 +105,15 @@ def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_LAYER)
 
 
-def set_phase(model: keras.Model, phase: str, *, freeze_batchnorm: bool) -> None:
+def set_phase(model: keras.Model, phase: str, spec: ModelSpec) -> None:
     """Freeze the backbone for ``"head"``; unfreeze it for ``"finetune"``.
 
-    With ``freeze_batchnorm`` the BatchNormalization layers stay frozen when the rest of
+    With pretrained weights (``spec.freeze_batchnorm``) the BatchNormalization layers stay frozen when the rest of
     the backbone is unfrozen. ``training=False`` on the backbone call is not enough in
     Keras 3: a Functional model passes its own ``training`` argument to every nested
     layer (``keras/src/models/functional.py``, ``operation_fn``), so ``model(x,
     training=True)`` would update the pretrained statistics. A BatchNormalization layer
-    with ``trainable=False`` runs in inference mode whatever ``training`` says (RECIPE.md
+    with ``trainable=False`` runs in inference mode whatever ``training`` says (docs/recipe.md
     section 5), as in keras-io's EfficientNet fine-tuning example.
 
     Unfreezing changes ``trainable_variables``, so the training step must be rebuilt (the
@@ -118,7 +123,7 @@ def set_phase(model: keras.Model, phase: str, *, freeze_batchnorm: bool) -> None
         raise ValueError(f"phase must be 'head' or 'finetune', got {phase!r}")
     backbone = backbone_of(model)
     backbone.trainable = phase == "finetune"
-    if phase == "finetune" and freeze_batchnorm:
+    if phase == "finetune" and spec.freeze_batchnorm:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False

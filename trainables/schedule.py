@@ -1,4 +1,4 @@
-"""The recipe's learning-rate rule, as pure functions (RECIPE.md section 1).
+"""The recipe's learning-rate rule, as pure functions (docs/recipe.md section 1).
 
 Phase 2 (full fine-tuning) runs a cosine warmup from ``min_lr`` to ``max_lr``, holds
 ``max_lr`` flat, then a cosine cooldown back to ``min_lr``. The article: warmup 10, flat
@@ -59,15 +59,3 @@ def learning_rate(schedule: LRSchedule, epoch: float) -> float:
         progress = epoch / schedule.cooldown_epochs
         return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
     return lo
-
-
-def scaled_max_lr(base_lr: float, global_batch: int, base_batch: int = 200) -> float:
-    """Linear scaling rule: the peak rate grows with the global batch.
-
-    Goyal et al. 2017, "Accurate, Large Minibatch SGD" (section 2.1): when the minibatch
-    is multiplied by k, multiply the learning rate by k. The recipe's 0.025 is for a batch
-    of 200.
-    """
-    if global_batch < 1 or base_batch < 1:
-        raise ValueError(f"batches must be >= 1, got {global_batch} and {base_batch}")
-    return base_lr * global_batch / base_batch

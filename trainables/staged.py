@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from search.storage import Location, resolve
-from trainables.data import CIFAR_SIDE, Split
+from trainables.errors import InputError
+from trainables.splits import CIFAR_SIDE, Split
+from trainables.storage import Location, is_supported, resolve, scheme_of
 
 MANIFEST = "manifest.json"
 FORMAT = "hpsearch-staged/1"
@@ -31,7 +32,7 @@ SPLITS = ("train", "val", "test")
 IMAGE_BYTES = CIFAR_SIDE * CIFAR_SIDE * 3
 
 
-class StagedDataError(ValueError):
+class StagedDataError(InputError):
     """A staged data set that is missing, incomplete or of another format."""
 
 
@@ -51,11 +52,11 @@ class Manifest:
 
 
 def is_staged_uri(dataset: str) -> bool:
-    """Whether ``dataset`` names a staged data set (a gs:// URI, or a local directory
-    holding a manifest)."""
-    if dataset.startswith("gs://"):
-        return True
-    return (Path(dataset) / MANIFEST).is_file()
+    """Whether ``dataset`` names a staged data set: a remote storage URI (``gs://``), or
+    a local directory holding a manifest."""
+    if scheme_of(dataset) not in (None, "file"):
+        return is_supported(dataset)
+    return (Path(dataset.removeprefix("file://")) / MANIFEST).is_file()
 
 
 def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:

@@ -9,13 +9,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-STRATEGY_KINDS = ("single", "mwms", "tpu")
+from trainables.errors import InputError
 
 
-class TPUUnavailableError(RuntimeError):
+class TPUUnavailableError(InputError):
     """The tpu strategy was asked for on a host without a TPU."""
+
+
+@dataclass(frozen=True)
+class StrategyKind:
+    """One way a trial trains.
+
+    Attributes:
+        name: ``resources.strategy`` in a config.
+        distributed: the trial runs as a Ray Train job of its workers (Tune's trial
+            process only waits); otherwise it trains in the trial's own process.
+        one_worker: the strategy runs exactly one worker per trial.
+        accelerator: "tpu" when a worker holds a TPU host, else None (CPUs, GPUs).
+        make: builds the ``tf.distribute`` strategy inside a worker.
+    """
+
+    name: str
+    distributed: bool
+    one_worker: bool
+    accelerator: str | None
+    make: Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -34,9 +56,7 @@ def precision_for(
     with XLA). ``None`` means on; ``False`` turns either off."""
     mixed_precision = mixed_precision is not False
     xla = xla is not False
-    if kind not in STRATEGY_KINDS:
-        raise ValueError(f"strategy must be one of {STRATEGY_KINDS}, got {kind!r}")
-    if kind == "tpu":
+    if get(kind).accelerator == "tpu":
         return Precision("mixed_bfloat16" if mixed_precision else "float32", jit_compile=False)
     if gpus > 0:
         return Precision("mixed_float16" if mixed_precision else "float32", jit_compile=xla)
@@ -60,28 +80,63 @@ def limit_threads(cpus: float) -> None:
         pass
 
 
-def make_strategy(kind: str):
+def _default() -> Any:
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
+def _mwms() -> Any:
+    import tensorflow as tf
+
+    # Ray Train's TensorflowTrainer sets TF_CONFIG on every worker before this runs.
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _tpu() -> Any:
+    import tensorflow as tf
+
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (tf.errors.NotFoundError, ValueError, RuntimeError) as exc:
+        raise TPUUnavailableError(
+            "resources.strategy is tpu, but this host has no TPU "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "Run on a TPU worker group (helm/hpsearch/ci/tpu-values.yaml) with the TPU image"
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+# The registry: config validation, the CLI's help and the search's choice of trial
+# function read it. A tpu trial is one TPU host (TPUClusterResolver(tpu="local")):
+# multi-host slices would need a slice-wide resolver.
+STRATEGIES: dict[str, StrategyKind] = {
+    kind.name: kind
+    for kind in (
+        StrategyKind("single", distributed=False, one_worker=True, accelerator=None, make=_default),
+        StrategyKind("mwms", distributed=True, one_worker=False, accelerator=None, make=_mwms),
+        StrategyKind("tpu", distributed=True, one_worker=True, accelerator="tpu", make=_tpu),
+    )
+}
+
+
+def get(name: str) -> StrategyKind:
+    """The strategy kind called ``name``.
+
+    Raises:
+        InputError: an unknown name; the message lists the known ones.
+    """
+    if name not in STRATEGIES:
+        raise InputError(f"resources.strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    return STRATEGIES[name]
+
+
+def make_strategy(name: str) -> Any:
     """Build the strategy for this worker (call once, before any TensorFlow op).
 
     Raises:
         TPUUnavailableError: ``tpu`` on a host where TensorFlow finds no TPU.
     """
-    import tensorflow as tf
-
-    if kind == "single":
-        return tf.distribute.get_strategy()
-    if kind == "mwms":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except (tf.errors.NotFoundError, ValueError, RuntimeError) as exc:
-            raise TPUUnavailableError(
-                "resources.strategy is tpu, but this host has no TPU "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-                "Run on a TPU worker group (helm/hpsearch/ci/tpu-values.yaml) with the TPU image"
-            ) from None
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"strategy must be one of {STRATEGY_KINDS}, got {kind!r}")
+    return get(name).make()

@@ -27,11 +27,12 @@ import tensorflow as tf
 
 from trainables import checkpoint as ckpt
 from trainables.augment import eval_dataset, train_dataset
-from trainables.data import TrainVal, load_train_val
+from trainables.data import load_configured
 from trainables.evaluate import dataset_accuracy
-from trainables.model import ModelSpec, batchnorm_frozen, build_model, set_phase
+from trainables.model import ModelSpec, build_model, set_phase
 from trainables.schedule import learning_rate
 from trainables.spec import TrialSpec
+from trainables.splits import TrainVal
 from trainables.strategy import Precision
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,10 @@ def phase_of(epoch: int, head_epochs: int) -> str:
 
 def step_learning_rate(spec: TrialSpec, epoch: int, step: int, steps_per_epoch: int) -> float:
     """The rate for one step: constant in the head phase, the recipe's rule in phase 2."""
-    if epoch < spec.head_epochs:
-        return spec.head_lr
-    return learning_rate(spec.schedule, epoch - spec.head_epochs + step / steps_per_epoch)
+    recipe = spec.recipe
+    if epoch < recipe.head_epochs:
+        return recipe.head_lr
+    return learning_rate(spec.schedule, epoch - recipe.head_epochs + step / steps_per_epoch)
 
 
 class PhaseStep:
@@ -73,7 +75,7 @@ class PhaseStep:
 
     Built anew when the phase changes: unfreezing changes the trainable variables, and
     a fresh SGD starts phase 2 with no momentum from the head phase (as recompiling does
-    in RECIPE.md section 5). Build it inside ``strategy.scope()``.
+    in docs/recipe.md section 5). Build it inside ``strategy.scope()``.
     """
 
     def __init__(
@@ -165,19 +167,19 @@ def train_trial(
     """
     strategy = context.strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
-    if spec.batch_size % replicas:
-        raise ValueError(f"batch_size {spec.batch_size} is not divisible by {replicas} replicas")
+    recipe, batch_size = spec.recipe, spec.recipe.batch_size
+    if batch_size % replicas:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {replicas} replicas")
     keras.utils.set_random_seed(spec.seed)
     if data is None:
-        data = load_train_val(spec.dataset, spec.validation_fraction, spec.data_seed, spec.max_train_examples,
-                              shard=(context.num_workers, context.worker_index))
+        data = load_configured(spec.data, shard=(context.num_workers, context.worker_index))
     # Each worker reads its own shard and steps with its share of the global batch. Every
     # worker must take the same number of steps (each step is a collective all-reduce),
     # so the count comes from the whole split, and a shorter shard repeats.
-    per_worker_batch = spec.batch_size // context.num_workers
+    per_worker_batch = batch_size // context.num_workers
     steps_per_epoch = (data.train_size // context.num_workers) // per_worker_batch
     if steps_per_epoch < 1:
-        raise ValueError(f"{data.train_size} training images are fewer than one batch of {spec.batch_size}")
+        raise ValueError(f"{data.train_size} training images are fewer than one batch of {batch_size}")
     if len(data.train) < per_worker_batch:
         raise ValueError(f"this worker's shard has {len(data.train)} images, fewer than one batch of {per_worker_batch}")
     shard = (1, 0) if data.presharded else (context.num_workers, context.worker_index)
@@ -185,16 +187,9 @@ def train_trial(
 
     # Layers take the global policy when they are built; the head stays float32.
     keras.mixed_precision.set_global_policy(context.precision.policy)
+    model_spec = ModelSpec(spec.hp, data.num_classes, weights=recipe.weights, image_size=spec.data.image_size)
     with strategy.scope():
-        model = build_model(
-            ModelSpec(
-                backbone=spec.backbone,
-                num_classes=data.num_classes,
-                dropout=spec.dropout,
-                weights=spec.weights,
-                image_size=spec.image_size,
-            )
-        )
+        model = build_model(model_spec)
     # Validation runs whole on every worker (the split is small next to training, and every
     # worker then reports the same number); traced once for the whole trial.
     predict = tf.function(lambda images: model(images, training=False))
@@ -203,23 +198,23 @@ def train_trial(
         state = ckpt.read_state(resume_from)
         model.load_weights(Path(resume_from) / ckpt.MODEL_FILE)
         start_epoch = state.epoch
-        log.info("resuming %s at epoch %d", spec.backbone, start_epoch)
+        log.info("resuming %s at epoch %d", spec.hp.backbone, start_epoch)
 
     phase_name, phase = None, None
     metrics: dict[str, Any] = {}
     scratch = Path(tempfile.mkdtemp(prefix="hpsearch-ckpt-"))
     try:
         for epoch in range(start_epoch, spec.total_epochs):
-            if phase_of(epoch, spec.head_epochs) != phase_name:
-                phase_name = phase_of(epoch, spec.head_epochs)
-                set_phase(model, phase_name, freeze_batchnorm=batchnorm_frozen(spec.weights))
+            if phase_of(epoch, recipe.head_epochs) != phase_name:
+                phase_name = phase_of(epoch, recipe.head_epochs)
+                set_phase(model, phase_name, model_spec)
                 with strategy.scope():
                     phase = PhaseStep(
                         model,
-                        learning_rate=spec.head_lr,
-                        momentum=spec.momentum,
+                        learning_rate=recipe.head_lr,
+                        momentum=recipe.momentum,
                         strategy=strategy,
-                        global_batch=spec.batch_size,
+                        global_batch=batch_size,
                         precision=context.precision,
                     )
                 if resume_from is not None and epoch == start_epoch and state.phase == phase_name:
@@ -244,7 +239,7 @@ def train_trial(
                 loss, correct = phase.train_step(images, labels)
                 loss_sum += float(loss)
                 correct_sum += float(correct)
-                seen += spec.batch_size
+                seen += batch_size
             metrics = {
                 "epoch": epoch + 1,
                 "phase": phase_name,

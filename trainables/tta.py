@@ -1,6 +1,6 @@
 """Test-time augmentation: a fixed, ordered set of views of each image.
 
-RECIPE.md section 4: predict several augmented copies of each test image and average
+docs/recipe.md section 4: predict several augmented copies of each test image and average
 the predicted probabilities. The views here are deterministic (no randomness): the
 identity, the horizontal mirror, and shifts of a few pixels, so the same N always
 means the same views and results repeat exactly.
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+
+from trainables.errors import InputError
 
 SHIFT_PX = 2
 
@@ -40,7 +42,7 @@ def views(count: int, *, flip: bool = True) -> list[View]:
     if flip:
         ordered += [View(f"flip+shift({dy:+d},{dx:+d})", flip=True, dy=dy, dx=dx) for dy, dx in shifts]
     if not 1 <= count <= len(ordered):
-        raise ValueError(f"--tta must be between 1 and {len(ordered)} here, got {count}")
+        raise InputError(f"--tta must be between 1 and {len(ordered)} here, got {count}")
     return ordered[:count]
 
 

@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 
 from search.report import importances, make_report, read_experiment
-from search.storage import resolve
+from trainables.storage import resolve
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    from test_ensemble import make_experiment
-
-    return make_experiment(tmp_path_factory.mktemp("search"))
+def experiment(trained_experiment):
+    return trained_experiment[0]
 
 
 def decode(png: bytes) -> np.ndarray:

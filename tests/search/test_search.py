@@ -11,13 +11,13 @@ from ray import tune
 from search.config import Config, FloatRange, IntRange, SearchConfig, SpaceConfig, StorageConfig
 from search.run import build_tuner, make_scheduler, make_searcher
 from search.space import param_space
-from search.storage import resolve
-from trainables.spec import SEARCHED
+from trainables.storage import resolve
+from trainables.params import NAMES
 
 
 def test_space_declares_every_searched_axis():
     space = param_space(SpaceConfig(backbones=("B0", "B2")))
-    assert set(space) == set(SEARCHED)
+    assert set(space) == set(NAMES)
     assert space["backbone"].categories == ["B0", "B2"]
     assert (space["cutout_count"].lower, space["cutout_count"].upper) == (0, 4)  # closed range [0, 3]
 
@@ -41,7 +41,8 @@ def quadratic_trial(config):
 @pytest.fixture(scope="module")
 def local_ray():
     # Workers import this module's trial function by name.
-    tests = str(Path(__file__).resolve().parent)
+    here = Path(__file__).resolve().parent
+    tests = f"{here}:{here.parent}"  # this module (its trial functions) and support.py
     ray.init(
         num_cpus=2,
         logging_level="ERROR",
@@ -70,7 +71,7 @@ def sampled_sequence(tmp_path, seed, name):
     grid = build_tuner(config, resolve(config.storage.path), trainable=trainable).fit()
     results = list(grid)  # in the order Tune created the trials
     stopped = sum(r.metrics["epoch"] < 6 for r in results)
-    return [tuple(r.config[k] for k in SEARCHED) for r in results], stopped
+    return [tuple(r.config[k] for k in NAMES) for r in results], stopped
 
 
 @pytest.mark.slow

@@ -15,55 +15,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from search.ensemble import average, build, ensemble_model, greedy_selection, load_members, read_candidates
-from search.results import TrialRow, history_table, rows_table
-from search.storage import resolve
+from trainables.storage import resolve
 from trainables.data import load_train_val
-from trainables.train import train_trial
+from trainables.errors import InputError
 from trainables.tta import apply_view, predict_views, views
 
 pytestmark = pytest.mark.slow
 
 
-def make_experiment(root: Path, name: str = "exp") -> Path:
-    """A finished search in the real on-disk format: three tiny trained trials."""
-    from conftest import tiny_spec
-
-    experiment = root / name
-    rows, frames = [], []
-    for i, (lr, dropout) in enumerate([(0.02, 0.1), (0.01, 0.2), (0.005, 0.3)]):
-        spec = tiny_spec(head_epochs=0, warmup_epochs=0, cooldown_epochs=1, max_lr=lr, dropout=dropout, seed=i)
-        trial_dir = experiment / f"trial_{i}"
-        reports = []
-
-        def keep(metrics, directory, trial_dir=trial_dir, reports=reports):
-            target = trial_dir / f"checkpoint_{metrics['epoch']:06d}"
-            shutil.copytree(directory, target)
-            reports.append((metrics, target))
-
-        train_trial(spec, keep)
-        metrics, checkpoint = max(reports, key=lambda r: r[0]["val_accuracy"])
-        config = {k: getattr(spec, k) for k in ("backbone", "cutout_fraction", "cutout_count", "dropout", "warmup_epochs", "max_lr")}
-        rows.append(TrialRow(f"t{i}", "TERMINATED", config, len(reports), spec.total_epochs,
-                             metrics["val_accuracy"] + 1e-3 * (3 - i), metrics["epoch"], str(checkpoint), None))
-        frames.append((f"t{i}", config, [m for m, _ in reports]))
-    pq.write_table(rows_table(rows), experiment / "trials.parquet")
-
-    class FakeResult:  # what history_table reads from a Tune result
-        def __init__(self, trial_id, config, metrics):
-            import pandas as pd
-
-            self.metrics_dataframe = pd.DataFrame(metrics)
-            self.config = config
-            self.metrics = {"trial_id": trial_id}
-            self.path = str(experiment / trial_id)
-
-    pq.write_table(history_table([FakeResult(*f) for f in frames]), experiment / "history.parquet")
-    return experiment
-
-
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    return make_experiment(tmp_path_factory.mktemp("search"))
+def experiment(trained_experiment):
+    return trained_experiment[0]
 
 
 def ranked(experiment: Path) -> list[str]:
@@ -132,7 +94,7 @@ def test_views_are_deterministic_and_respect_flip():
     image = np.arange(32 * 32 * 3, dtype=np.float32).reshape(1, 32, 32, 3)
     shifted = apply_view(image, views(3)[2])
     np.testing.assert_array_equal(shifted[0, 2:], image[0, :-2])
-    with pytest.raises(ValueError, match="--tta"):
+    with pytest.raises(InputError, match="--tta"):
         views(50)
 
 

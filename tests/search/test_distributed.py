@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import ray
 
-from search.config import ResourcesConfig, config_from_dict, total_epochs
+from search.config import ResourcesConfig, config_from_dict
 from search.distributed import make_trainer
 from search.results import trial_rows
 from search.run import METRIC, MODE, build_tuner
-from search.storage import resolve
+from trainables.storage import resolve
 
 TWO_WORKERS = ResourcesConfig(strategy="mwms", workers=2, cpus_per_worker=0.99)
 
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    tests = str(Path(__file__).resolve().parent)
+    here = Path(__file__).resolve().parent
+    tests = f"{here}:{here.parent}"  # this module (its trial functions) and support.py
     ray.init(num_cpus=2, logging_level="ERROR", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
              runtime_env={"env_vars": {"PYTHONPATH": tests, "TF_CPP_MIN_LOG_LEVEL": "2"}})
     yield
@@ -32,7 +33,7 @@ def local_ray():
 
 
 def test_two_workers_end_with_identical_weights(local_ray, tmp_path):
-    from conftest import tiny_spec
+    from support import tiny_spec
 
     digests, storage = tmp_path / "digests", tmp_path / "storage"
     digests.mkdir()
@@ -97,7 +98,7 @@ def test_distributed_search_survives_a_killed_worker_and_stops_a_trial(local_ray
       trial's value at ASHA's first rung, so ASHA stops it, and the third must still
       start (the stopped trial's workers are freed).
     """
-    from conftest import write_colour_batches
+    from support import write_colour_batches
 
     data = write_colour_batches(tmp_path / "colours", n_train=2000)
     config = config_from_dict({
@@ -117,7 +118,7 @@ def test_distributed_search_survives_a_killed_worker_and_stops_a_trial(local_ray
     killer.start()
     grid = build_tuner(config, resolve(config.storage.path)).fit()
     killer.join(timeout=5)
-    rows = trial_rows(grid, METRIC, MODE, planned_epochs=lambda c: total_epochs(config.recipe, c["warmup_epochs"]))
+    rows = trial_rows(grid, METRIC, MODE, planned_epochs=lambda c: config.recipe.epochs(c["warmup_epochs"]))
     order = {tid: i for i, tid in enumerate(r.metrics["trial_id"] for r in grid)}  # creation order
     rows.sort(key=lambda r: order[r.trial_id])
     results = sorted(grid, key=lambda r: order[r.metrics["trial_id"]])

@@ -17,7 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from search.storage import resolve
+from trainables.storage import resolve
 
 pytestmark = pytest.mark.slow
 

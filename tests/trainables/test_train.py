@@ -27,13 +27,11 @@ class Collect:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from conftest import tiny_spec
-
-    spec = tiny_spec()
-    collect = Collect(tmp_path_factory.mktemp("reports"))
-    train_trial(spec, collect)
-    return spec, collect.reports
+def trained(trained_experiment):
+    """The suite's shared experiment's first trial: the recipe's whole shape (head,
+    warmup, cooldown), with every epoch's checkpoint kept."""
+    _, trials = trained_experiment
+    return trials[0].spec, trials[0].reports
 
 
 def test_one_report_per_epoch_with_a_checkpoint(trained):
@@ -82,7 +80,7 @@ def test_mixed_float16_trains_and_resumes(tmp_path):
 
     import keras
 
-    from conftest import tiny_spec
+    from support import tiny_spec
     from trainables.strategy import Precision
     from trainables.train import WorkerContext
 

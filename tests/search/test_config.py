@@ -10,7 +10,7 @@ import yaml
 
 from search.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
@@ -57,7 +57,8 @@ BAD = {
     "wrong type (string for int)": ("search: {num_trials: eight}", "search.num_trials"),
     "wrong type (bool for int)": ("recipe: {batch_size: true}", "recipe.batch_size"),
     "wrong type (list for mapping)": ("data: [digits]", "data"),
-    "wrong type (number for range)": ("space: {dropout: 0.3}", "space.dropout"),
+    "wrong type (list for range)": ("space: {dropout: [0.1, 0.3]}", "space.dropout"),
+    "fixed value out of bounds": ("space: {dropout: 0.99}", "space.dropout"),
     "out of range (negative)": ("recipe: {head_epochs: -1}", "recipe.head_epochs"),
     "out of range (fraction above 1)": ("data: {validation_fraction: 1.5}", "data.validation_fraction"),
     "out of range (range end)": ("space: {dropout: {low: 0.1, high: 0.99}}", "space.dropout.high"),
@@ -155,3 +156,15 @@ def test_config_command_prints_defaults(tmp_path):
     printed = yaml.safe_load(done.stdout)
     assert printed["search"]["seed"] == 7
     assert printed["recipe"]["batch_size"] == 200
+
+
+def test_a_single_value_fixes_a_parameter(tmp_path):
+    """A number where a range could be fixes the parameter: Tune passes it to every trial
+    as a constant and Optuna does not sample it."""
+    from search.space import distributions, param_space
+
+    config = load_config(write(tmp_path, "space: {dropout: 0.3, warmup_epochs: 4}"))
+    assert config.space.dropout == 0.3 and config.space.warmup_epochs == 4
+    assert config.max_epochs == config.recipe.epochs(4)
+    assert param_space(config.space)["dropout"] == 0.3
+    assert "dropout" not in distributions(config.space) and "max_lr" in distributions(config.space)

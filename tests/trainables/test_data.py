@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
-from trainables.data import Split, load_test, load_train_val, write_cifar_batches
+from support import write_cifar_batches
+from trainables.data import load_test, load_train_val
+from trainables.errors import InputError
+from trainables.splits import Split
 
 
 def test_digits_are_32px_rgb_and_split_by_seed():
@@ -65,5 +68,71 @@ def test_cifar_directory_layout_matches_keras_reader(tmp_path):
 
 
 def test_missing_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.dataset"):
+    with pytest.raises(InputError, match="data.dataset"):
         load_train_val(str(tmp_path / "absent"), 0.2, seed=0)
+
+
+# ---------------------------------------------------------------------------- contract
+
+def _colour_set(root):
+    from support import write_colour_batches
+
+    return write_colour_batches(root, n_train=200, n_test=50)
+
+
+def _prepare(name: str, tmp_path, monkeypatch) -> str:
+    """A ``data.dataset`` value that selects source ``name``, backed by real files in
+    that source's own format (cifar10: Keras's loader, answering from a CIFAR batch
+    directory the test wrote, since nothing can be downloaded here)."""
+    if name == "digits":
+        return "digits"
+    if name == "cifar-directory":
+        return str(_colour_set(tmp_path / "cifar"))
+    if name == "staged":
+        from search.stage import stage
+
+        stage(str(_colour_set(tmp_path / "cifar")), str(tmp_path / "staged"), validation_fraction=0.2,
+              shard_size=64, progress=lambda _: None)
+        return str(tmp_path / "staged")
+    if name == "cifar10":
+        import keras
+
+        from trainables.data import _cifar_directory
+
+        root = str(_colour_set(tmp_path / "cifar"))
+
+        def load_data():
+            train, test = _cifar_directory(root, False)[0], _cifar_directory(root, True)[0]
+            return (train.images, train.labels[:, None]), (test.images, test.labels[:, None])
+
+        monkeypatch.setattr(keras.datasets.cifar10, "load_data", load_data)
+        return "cifar10"
+    raise AssertionError(f"no fixture for data source {name!r}: add one here")
+
+
+@pytest.fixture(params=[s.name for s in __import__("trainables.data", fromlist=["SOURCES"]).SOURCES])
+def source_dataset(request, tmp_path, monkeypatch):
+    return request.param, _prepare(request.param, tmp_path, monkeypatch)
+
+
+def test_each_source_is_found_and_gives_disjoint_32px_splits(source_dataset):
+    from trainables.data import find_source
+
+    name, dataset = source_dataset
+    assert find_source(dataset).name == name
+    data = load_train_val(dataset, 0.2, seed=0)
+    test = load_test(dataset)
+    for split in (data.train, data.val, test):
+        assert split.images.shape[1:] == (32, 32, 3) and split.images.dtype == np.uint8 and len(split) > 0
+        assert split.labels.min() >= 0 and split.labels.max() < data.num_classes
+    assert data.train_size == len(data.train)
+    train = {x.tobytes() for x in data.train.images}
+    assert not any(x.tobytes() in train for x in data.val.images[:50])  # validation is held out
+
+
+def test_an_unknown_dataset_names_the_accepted_ones():
+    from trainables.data import find_source
+
+    assert find_source("mnist") is None
+    with pytest.raises(InputError, match="data.dataset must be one of digits, cifar10"):
+        load_train_val("mnist", 0.2, seed=0)

@@ -17,7 +17,8 @@ from trainables.data import load_test, load_train_val
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
     """A small directory in the real CIFAR python-batch layout (two training batches)."""
-    from trainables.data import Split, write_cifar_batches
+    from support import write_cifar_batches
+    from trainables.splits import Split
 
     rng = np.random.default_rng(1)
 
@@ -89,7 +90,7 @@ def test_cli_stage_and_bad_arguments(cifar_dir, tmp_path):
 
 
 def test_a_trial_trains_on_staged_shards(cifar_dir, tmp_path):
-    from conftest import tiny_spec
+    from support import tiny_spec
     from trainables.train import train_trial
 
     target = tmp_path / "staged"

@@ -6,10 +6,11 @@ import sys
 import pytest
 
 from search.resources import TrialShape, shortfalls
-from trainables.strategy import STRATEGY_KINDS, precision_for
+from trainables.errors import InputError
+from trainables.strategy import STRATEGIES, precision_for
 
 
-@pytest.fixture(params=STRATEGY_KINDS)
+@pytest.fixture(params=list(STRATEGIES))
 def kind(request):
     return request.param
 
@@ -26,7 +27,7 @@ def test_precision_rule_for_each_kind(kind):
 
 
 def test_unknown_kind():
-    with pytest.raises(ValueError, match="strategy must be one of"):
+    with pytest.raises(InputError, match="strategy must be one of"):
         precision_for("horovod", gpus=0, mixed_precision=True, xla=True)
 
 

@@ -12,10 +12,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "hpsearch"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
-CRDS = REPO.parent / "shared" / "kuberay" / "crds"
+CRDS = Path(__file__).resolve().parent / "crds"  # vendored: see crds/SOURCE.md
 KUBE_VERSION = kubernetes_validate.latest_version()
 
 

@@ -1,10 +1,10 @@
-"""The recipe's learning-rate rule at chosen points (RECIPE.md section 1)."""
+"""The recipe's learning-rate rule at chosen points (docs/recipe.md section 1)."""
 
 import math
 
 import pytest
 
-from trainables.schedule import LRSchedule, learning_rate, scaled_max_lr
+from trainables.schedule import LRSchedule, learning_rate
 
 # The article's schedule: 0.001 -> 0.025 over 10 warmup epochs, 5 flat, 20 cooldown.
 RECIPE = LRSchedule(warmup_epochs=10, flat_epochs=5, cooldown_epochs=20, min_lr=0.001, max_lr=0.025)
@@ -51,10 +51,3 @@ def test_bad_schedules_are_rejected():
         LRSchedule(warmup_epochs=-1, flat_epochs=1, cooldown_epochs=1, min_lr=0.0, max_lr=0.01)
     with pytest.raises(ValueError, match="epoch"):
         learning_rate(RECIPE, -0.5)
-
-
-def test_linear_scaling_rule():
-    assert scaled_max_lr(0.025, 200) == pytest.approx(0.025)
-    assert scaled_max_lr(0.025, 800) == pytest.approx(0.1)
-    with pytest.raises(ValueError):
-        scaled_max_lr(0.025, 0)

