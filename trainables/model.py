@@ -9,6 +9,7 @@ GlobalAveragePooling -> Dropout -> Dense -> softmax.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import keras
@@ -123,7 +124,35 @@ def set_phase(model: keras.Model, phase: str, spec: ModelSpec) -> None:
         raise ValueError(f"phase must be 'head' or 'finetune', got {phase!r}")
     backbone = backbone_of(model)
     backbone.trainable = phase == "finetune"
+    if phase == "finetune" and spec.hp.unfreeze_fraction < 1.0:
+        # Partial fine-tuning (docs/recipe.md sections 2 and 5): only the top blocks train.
+        kept = set(top_blocks(backbone, spec.hp.unfreeze_fraction))
+        for layer in backbone.layers:
+            if _block_name(layer) not in kept:
+                layer.trainable = False
     if phase == "finetune" and spec.freeze_batchnorm:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
+
+
+def _block_name(layer: keras.layers.Layer) -> str:
+    # Keras names a block's layers <block>_<part>: stem_conv, block3b_dwconv, top_bn.
+    return layer.name.split("_", 1)[0]
+
+
+def top_blocks(backbone: keras.Model, fraction: float) -> list[str]:
+    """The names of the top ``fraction`` of the backbone's blocks (at least one).
+
+    A block is a group of layers sharing a name prefix that holds a convolution (stem,
+    block1a ... block7a, top in EfficientNet), in the order the layers run.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"unfreeze_fraction must be in (0, 1], got {fraction}")
+    blocks: list[str] = []
+    for layer in backbone.layers:
+        name = _block_name(layer)
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and name not in blocks:
+            blocks.append(name)
+    keep = max(1, math.ceil(fraction * len(blocks)))
+    return blocks[-keep:]

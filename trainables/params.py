@@ -116,6 +116,9 @@ class Hyperparams:
     max_lr: float = _param(
         value=0.025, space=FloatRange(0.005, 0.1, log=True), bounds=Bounds(0.0, 10.0, open_low=True),
         consumer="schedule", doc="peak learning rate of phase 2 (article: 0.025 at batch 200)")
+    unfreeze_fraction: float = _param(
+        value=1.0, space=1.0, bounds=Bounds(0.0, 1.0, open_low=True), consumer="model",
+        doc="share of the backbone's top blocks trained in phase 2; 1.0 trains all (docs/recipe.md section 2)")
 
 
 def _kind(hint: Any) -> str:

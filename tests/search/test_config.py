@@ -168,3 +168,22 @@ def test_a_single_value_fixes_a_parameter(tmp_path):
     assert config.max_epochs == config.recipe.epochs(4)
     assert param_space(config.space)["dropout"] == 0.3
     assert "dropout" not in distributions(config.space) and "max_lr" in distributions(config.space)
+
+
+def test_unfreeze_fraction_is_fixed_unless_the_space_declares_a_range(tmp_path):
+    """The seventh axis comes from its one declaration: fixed at the recipe's 1.0 by
+    default, searched (a Tune domain, an Optuna distribution, a trials-table column)
+    when the space gives a range."""
+    from search.results import rows_table
+    from search.space import distributions, param_space
+
+    default = load_config(write(tmp_path, "search: {name: default}"))
+    assert default.space.unfreeze_fraction == 1.0
+    assert param_space(default.space)["unfreeze_fraction"] == 1.0
+    assert "unfreeze_fraction" not in distributions(default.space)
+    ranged = load_config(write(tmp_path, "space: {unfreeze_fraction: {low: 0.25, high: 1.0}}"))
+    dist = distributions(ranged.space)["unfreeze_fraction"]
+    assert (dist.low, dist.high) == (0.25, 1.0)
+    assert "unfreeze_fraction" in rows_table([]).column_names
+    with pytest.raises(ConfigError, match="space.unfreeze_fraction.low"):
+        load_config(write(tmp_path, "space: {unfreeze_fraction: {low: 0.0, high: 1.0}}"))

@@ -104,3 +104,31 @@ def test_bad_model_spec():
         build_model(ModelSpec(Hyperparams("B0", dropout=1.0), 10, weights="none"))
     with pytest.raises(ValueError, match="phase"):
         set_phase(None, "middle", ModelSpec(Hyperparams(), 10))
+
+
+def test_partial_finetuning_trains_only_the_top_blocks(weights_file):
+    """unfreeze_fraction 0.25: phase 2 trains the top quarter of B0's 18 blocks (stem,
+    block1a ... block7a, top): ceil(4.5) = 5 of them; every other kernel stays put."""
+    from trainables.model import top_blocks
+
+    spec = ModelSpec(Hyperparams("B0", dropout=0.2, unfreeze_fraction=0.25), 10, weights=weights_file, image_size=32)
+    model = build_model(spec)
+    kept = top_blocks(backbone_of(model), 0.25)
+    assert kept == ["block6b", "block6c", "block6d", "block7a", "top"]
+    set_phase(model, "finetune", spec)
+    convs = [l for l in backbone_of(model).layers
+             if isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    before = {l.name: l.kernel.numpy().copy() for l in convs}
+    stats_before = bn_statistics(model)
+    one_step(model)
+    moved = {l.name for l in convs if not np.array_equal(before[l.name], l.kernel.numpy())}
+    top = {l.name for l in convs if l.name.split("_")[0] in kept}
+    assert moved and moved <= top  # only kernels of the kept blocks train
+    assert len(moved) > len(top) / 2
+    assert all(np.array_equal(m0, m1) and np.array_equal(v0, v1)
+               for (m0, v0), (m1, v1) in zip(stats_before, bn_statistics(model)))
+    # the whole backbone (the default) trains far more variables
+    full = ModelSpec(Hyperparams("B0", dropout=0.2), 10, weights=weights_file, image_size=32)
+    whole = build_model(full)
+    set_phase(whole, "finetune", full)
+    assert len(model.trainable_variables) < len(whole.trainable_variables) / 2
