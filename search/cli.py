@@ -1,7 +1,8 @@
 """The ``hpsearch`` command (also ``python -m search``, which ``ray job submit`` runs).
 
-Exit codes: 0 success, 1 the work failed (every trial errored, a checkpoint would not
-load), 2 bad input (config, storage, arguments), caught before Ray starts.
+Exit codes: 0 success, 1 the work failed (no trial reported a result, a checkpoint would
+not load), 2 bad input (config, storage, arguments), caught before Ray starts, 3 a search
+that finished with some trials in ERROR.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ log = logging.getLogger("hpsearch")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
 
 
+# `hpsearch run` finished, but some trials ended in ERROR (each is named on stderr); the
+# tables hold every trial, and `--resume` retries the errored ones.
+EXIT_TRIALS_FAILED = 3
+
+
 class UsageError(InputError):
     """A bad argument or a state that refuses the command (exit code 2)."""
 
@@ -33,6 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config or DEFAULT_CONFIG)
     if args.smoke_test:
         config = smoke_config(config)
+    _check_plan(config)
     from trainables.storage import check_writable, resolve
 
     location = resolve(config.storage.path)
@@ -79,16 +86,50 @@ def cmd_run(args: argparse.Namespace) -> int:
             ray.shutdown()
 
 
+def _check_plan(config: Config) -> list:
+    """Every backbone's step must fit its device, at one image per micro-batch at worst."""
+    from search.plan import make_plan, unfit
+
+    plans = make_plan(config)
+    bad = unfit(plans)
+    if bad:
+        raise UsageError("; ".join(
+            f"{p.backbone} cannot fit its {p.device} even at 1 image per micro-batch "
+            f"(estimated {p.estimate_mib / 1024:.1f} GiB of {p.capacity_mib / 1024:.0f} GiB at {p.side} px): give it a "
+            f"larger accelerator or set resources.backbones.{p.backbone}.accelerator_memory_gib, or lower data.image_size"
+            for p in bad))
+    return plans
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print how each backbone's trials will run, and exit 2 if one cannot fit."""
+    from search.plan import make_plan, table_markdown, unfit
+
+    config = load_config(args.config or DEFAULT_CONFIG)
+    plans = make_plan(config)
+    print(table_markdown(plans), end="")
+    print(f"global batch {config.recipe.batch_size}; memory from trainables/memory_table.json "
+          f"(measured {_memory_stamp()}); a step uses at most 90% of a device")
+    _check_plan(config)
+    return 0
+
+
+def _memory_stamp() -> str:
+    from trainables.memory import table
+
+    return f"{table()['measured']} on {table()['machine']}"
+
+
 def _check_resources(config: Config) -> None:
     """Refuse a trial shape the connected cluster can never hold (it would wait forever)."""
     import ray
 
-    from search.resources import TrialShape, shortfalls
+    from search.config import space_value
+    from search.resources import cluster_shortfalls
 
     res = config.resources
-    shape = TrialShape(res.strategy, res.workers, res.cpus_per_worker, res.gpus_per_worker, res.tpu_chips_per_worker)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    problems = shortfalls(shape, ray.cluster_resources(), nodes)
+    problems = cluster_shortfalls(res, space_value(config.space, "backbone"), ray.cluster_resources(), nodes)
     if not problems:
         return
     message = "; ".join(problems)
@@ -113,9 +154,13 @@ def _record_config(config: Config, location) -> None:
 
 def _summarise(config: Config, location, grid) -> int:
     from search import results
+    from search.best import kept_best
     from search.run import METRIC, MODE
 
-    rows = results.trial_rows(grid, METRIC, MODE, planned_epochs=lambda c: config.recipe.epochs(c.get("warmup_epochs", 0)))
+    rows = results.trial_rows(
+        grid, METRIC, MODE, planned_epochs=lambda c: config.recipe.epochs(c.get("warmup_epochs", 0)),
+        kept_best=lambda trial_id, epoch: kept_best(location, config.search.name, trial_id, epoch),
+    )
     paths = results.write_results(location, config.search.name, rows, results.history_table(grid))
     best = results.best_row(rows)
     stopped = sum(r.stopped_early for r in rows)
@@ -125,10 +170,14 @@ def _summarise(config: Config, location, grid) -> int:
     if best is None:
         print("no trial reported a validation accuracy", file=sys.stderr)
         return 1
+    if errored:
+        for row in rows:
+            if row.status == "ERROR":
+                print(f"trial {row.trial_id} failed: {row.error}", file=sys.stderr)
     print(f"best validation accuracy: {best.best_val_accuracy:.4f} (trial {best.trial_id}, epoch {best.best_epoch})")
     print(f"best configuration: {json.dumps(best.config, sort_keys=True)}")
     print(f"best checkpoint: {best.best_checkpoint}")
-    return 0
+    return EXIT_TRIALS_FAILED if errored else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -235,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="HTML report and plots of a finished search")
     report.add_argument("experiment", help="experiment directory (local path or gs://...)")
     report.set_defaults(func=cmd_report)
+
+    plan = sub.add_parser("plan", help="each backbone's shape, micro-batches and memory per replica; exit 2 if one cannot fit")
+    plan.add_argument("--config", help="YAML config (default: configs/local.yaml)")
+    plan.set_defaults(func=cmd_plan)
 
     show = sub.add_parser("config", help="validate a config and print it with defaults filled in")
     show.add_argument("--config", help="YAML config (default: configs/local.yaml)")

@@ -21,6 +21,7 @@ import yaml
 from trainables import strategy as strategies
 from trainables.data import accepted_sources, find_source
 from trainables.errors import InputError
+from trainables.memory import ACCELERATOR_MEMORY_GIB
 from trainables.params import PARAMS, FloatRange, IntRange, bounds, upper
 from trainables.spec import MAX_SEED, DataConfig, RecipeConfig
 from trainables.storage import is_supported, supported_schemes
@@ -75,8 +76,8 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
-class ResourcesConfig:
-    """What one trial holds while it runs."""
+class Shape:
+    """What one trial of a backbone holds: its workers and their accelerators."""
 
     strategy: str = "single"
     workers: int = field(default=1, metadata=bounds(1, 4096))
@@ -86,6 +87,29 @@ class ResourcesConfig:
     tpu_chips_per_worker: int = field(default=4, metadata=bounds(1, 8))
     tpu_accelerator: str = "TPU-V6E"
     tpu_topology: str = "2x2"
+    # GPU workers: the GPU type, as GKE's cloud.google.com/gke-accelerator label names it
+    # (nvidia-l4, ...); its memory comes from trainables.memory.ACCELERATOR_MEMORY_GIB.
+    gpu_type: str | None = None
+    # Memory of one replica's device in GiB, overriding the table (or, on CPU workers,
+    # the memory a worker may use; unset: this machine's memory).
+    accelerator_memory_gib: float | None = field(default=None, metadata=bounds(0.0, 4096.0, open_low=True))
+
+
+# A per-backbone override: every Shape field, unset by default (inherits resources.*).
+ShapeOverride = dataclasses.make_dataclass(
+    "ShapeOverride",
+    [(f.name, typing.get_type_hints(Shape)[f.name] | None, field(default=None, metadata=f.metadata))
+     for f in dataclasses.fields(Shape)],
+    frozen=True,
+)
+ShapeOverride.__module__ = __name__
+ShapeOverride.__doc__ = "Shape fields one backbone overrides (unset: the resources section's value)."
+
+
+@dataclass(frozen=True)
+class ResourcesConfig(Shape):
+    """What one trial holds while it runs: a default shape, overrides per backbone."""
+
     # Reduced precision (float16 on GPUs, bfloat16 on TPUs) and XLA compilation of the
     # training step. None means: on where it pays (GPU and TPU), off on CPUs.
     mixed_precision: bool | None = None
@@ -93,6 +117,16 @@ class ResourcesConfig:
     # On an autoscaling cluster, nodes a trial needs may not exist yet: warn instead of
     # refusing to start when the cluster cannot hold a trial right now.
     wait_for_autoscaler: bool = False
+    # Backbone name -> the shape fields its trials use instead of the defaults above.
+    backbones: dict[str, ShapeOverride] = field(default_factory=dict)
+
+    def shape_for(self, backbone: str) -> Shape:
+        """The shape of ``backbone``'s trials: the defaults with its overrides applied."""
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(Shape)}
+        override = self.backbones.get(backbone)
+        if override is not None:
+            base.update({k: v for k, v in dataclasses.asdict(override).items() if v is not None})
+        return Shape(**base)
 
 
 @dataclass(frozen=True)
@@ -191,6 +225,8 @@ def config_to_dict(config: Any) -> dict:
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, tuple):
             return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     return plain(config)
@@ -239,6 +275,10 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
         if isinstance(built, FloatRange) and built.log and built.low <= 0:
             raise ConfigError(f"{path}.low", f"a log-scale range needs low > 0, got {built.low}")
         return built
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {_kind(value)}")
+        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(path, f"expected a list, got {_kind(value)}")
@@ -306,19 +346,7 @@ def _check_rules(config: Config) -> None:
         raise ConfigError(
             "recipe.weights", f"must be imagenet, none or a weights file path, got {weights!r}"
         )
-    if config.resources.strategy not in strategies.STRATEGIES:
-        raise ConfigError(
-            "resources.strategy",
-            f"must be one of {', '.join(strategies.STRATEGIES)}, got {config.resources.strategy!r}",
-        )
-    _check_resource_rules(config.resources)
-    kind = strategies.get(config.resources.strategy)
-    replicas = config.resources.tpu_chips_per_worker if kind.accelerator == "tpu" else config.resources.workers
-    if config.recipe.batch_size % replicas:
-        raise ConfigError(
-            "recipe.batch_size",
-            f"the global batch must divide evenly over {replicas} replicas, got {config.recipe.batch_size}",
-        )
+    _check_shapes(config)
     if config.search.grace_epochs > config.max_epochs:
         raise ConfigError(
             "search.grace_epochs",
@@ -339,22 +367,60 @@ def _check_rules(config: Config) -> None:
         raise ConfigError("storage.path", f"must be {supported_schemes()}, got {config.storage.path!r}")
 
 
-def _check_resource_rules(res: ResourcesConfig) -> None:
-    kind = strategies.get(res.strategy)
-    if kind.one_worker and res.workers != 1:
-        raise ConfigError("resources.workers", f"the {res.strategy} strategy runs 1 worker, got {res.workers}")
+def _check_shapes(config: Config) -> None:
+    """Every backbone's shape, each error naming the backbone's override when it has one."""
+    res = config.resources
+    for i, name in enumerate(res.backbones):
+        if name not in config.space.backbones:
+            raise ConfigError(f"resources.backbones.{name}",
+                              f"is not one of space.backbones ({', '.join(config.space.backbones)})")
+    for name in config.space.backbones:
+        path = f"resources.backbones.{name}" if name in res.backbones else "resources"
+        _check_shape(res.shape_for(name), res, path, config.recipe.batch_size)
+
+
+def _check_shape(shape: Shape, res: ResourcesConfig, path: str, batch_size: int) -> None:
+    if shape.strategy not in strategies.STRATEGIES:
+        raise ConfigError(f"{path}.strategy",
+                          f"must be one of {', '.join(strategies.STRATEGIES)}, got {shape.strategy!r}")
+    kind = strategies.get(shape.strategy)
+    if kind.one_worker and shape.workers != 1:
+        raise ConfigError(f"{path}.workers", f"the {shape.strategy} strategy runs 1 worker, got {shape.workers}")
     if kind.accelerator == "tpu":
-        if res.gpus_per_worker:
-            raise ConfigError("resources.gpus_per_worker", f"must be 0 with the tpu strategy, got {res.gpus_per_worker:g}")
-        if res.tpu_accelerator not in TPU_ACCELERATORS:
+        if shape.gpus_per_worker:
+            raise ConfigError(f"{path}.gpus_per_worker",
+                              f"must be 0 with the tpu strategy, got {shape.gpus_per_worker:g}")
+        if shape.tpu_accelerator not in TPU_ACCELERATORS:
             raise ConfigError(
-                "resources.tpu_accelerator",
-                f"must be one of {', '.join(TPU_ACCELERATORS)}, got {res.tpu_accelerator!r}",
+                f"{path}.tpu_accelerator",
+                f"must be one of {', '.join(TPU_ACCELERATORS)}, got {shape.tpu_accelerator!r}",
             )
-        if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){1,2}", res.tpu_topology):
-            raise ConfigError("resources.tpu_topology", f"must look like 2x2 or 2x2x1, got {res.tpu_topology!r}")
-    if res.xla and kind.accelerator != "tpu" and not res.gpus_per_worker:
+        if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){1,2}", shape.tpu_topology):
+            raise ConfigError(f"{path}.tpu_topology", f"must look like 2x2 or 2x2x1, got {shape.tpu_topology!r}")
+    if shape.gpus_per_worker and kind.accelerator != "tpu":
+        if shape.gpu_type is None and shape.accelerator_memory_gib is None:
+            raise ConfigError(f"{path}.gpu_type", "GPU workers need their GPU type (e.g. nvidia-l4) "
+                                                  "or accelerator_memory_gib, to plan memory")
+        if shape.gpu_type is not None and shape.gpu_type not in ACCELERATOR_MEMORY_GIB \
+                and shape.accelerator_memory_gib is None:
+            raise ConfigError(f"{path}.gpu_type",
+                              f"unknown GPU {shape.gpu_type!r}: use one of "
+                              f"{', '.join(k for k in ACCELERATOR_MEMORY_GIB if not k.startswith('TPU'))} "
+                              "or set accelerator_memory_gib")
+    if res.xla and kind.accelerator != "tpu" and not shape.gpus_per_worker:
         raise ConfigError("resources.xla", "XLA is for GPU and TPU workers; set gpus_per_worker or leave xla unset")
+    replicas = replicas_of(shape)
+    if batch_size % replicas:
+        raise ConfigError(
+            "recipe.batch_size",
+            f"the global batch must divide evenly over {replicas} replicas ({path}), got {batch_size}",
+        )
+
+
+def replicas_of(shape: Shape) -> int:
+    """How many replicas share a trial's global batch: one per worker, or one per chip of
+    a TPU host."""
+    return shape.tpu_chips_per_worker if strategies.get(shape.strategy).accelerator == "tpu" else shape.workers
 
 
 def _looks_like_path(value: str) -> bool:

@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from search.config import ResourcesConfig
-from search.resources import worker_precision
+from search.config import ResourcesConfig, Shape
+from search.best import KEEP_LATEST, BestKeeper
+from search.resources import worker_bundle, worker_precision
 from trainables import strategy as strategies
 from trainables.spec import TrialSpec
 
@@ -33,8 +34,11 @@ def worker_loop(config: dict[str, Any]) -> None:
     worker = WorkerContext(strategy, context.get_world_size(), context.get_world_rank(), config["precision"])
     spec: TrialSpec = config["spec"]
     digest_dir = config.get("digest_dir")
+    best = BestKeeper(*config["keep_best"]) if config.get("keep_best") and worker.is_chief else None
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
+        if best is not None:
+            best.offer(metrics, directory)
         if digest_dir:  # tests compare the replicas' weights through these files
             Path(digest_dir, f"rank{worker.worker_index}_epoch{metrics['epoch']}.txt").write_text(metrics["weights_digest"])
         checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
@@ -48,24 +52,21 @@ def worker_loop(config: dict[str, Any]) -> None:
         train_trial(spec, report, context=worker, resume_from=Path(directory))
 
 
-def scaling_config(resources: ResourcesConfig) -> Any:
+def scaling_config(shape: Shape) -> Any:
     """Ray Train's worker group for one trial: N CPU/GPU workers, or one TPU host."""
     import ray.train
 
-    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
-    if strategies.get(resources.strategy).accelerator == "tpu":
-        per_worker["TPU"] = float(resources.tpu_chips_per_worker)
+    per_worker = worker_bundle(shape)
+    if strategies.get(shape.strategy).accelerator == "tpu":
         return ray.train.ScalingConfig(
             num_workers=1,
             use_tpu=True,
-            topology=resources.tpu_topology,
-            accelerator_type=resources.tpu_accelerator,
+            topology=shape.tpu_topology,
+            accelerator_type=shape.tpu_accelerator,
             resources_per_worker=per_worker,
         )
-    if resources.gpus_per_worker:
-        per_worker["GPU"] = resources.gpus_per_worker
     return ray.train.ScalingConfig(
-        num_workers=resources.workers, use_gpu=bool(resources.gpus_per_worker), resources_per_worker=per_worker
+        num_workers=shape.workers, use_gpu=bool(shape.gpus_per_worker), resources_per_worker=per_worker
     )
 
 
@@ -78,12 +79,15 @@ def make_trainer(
     storage_filesystem: Any = None,
     callbacks: list | None = None,
     digest_dir: str | None = None,
+    keep_best: tuple[str, str] | None = None,
 ) -> Any:
     """A TensorflowTrainer for one trial.
 
-    A trainer made again with the same ``name`` and ``storage_path`` resumes from the
-    latest checkpoint Ray Train recorded there, which is how a retried trial continues.
+    The worker group has the shape ``resources`` gives the trial's backbone. A trainer
+    made again with the same ``name`` and ``storage_path`` resumes from the latest
+    checkpoint Ray Train recorded there, which is how a retried trial continues.
     """
+    shape = resources.shape_for(spec.hp.backbone)
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -91,20 +95,21 @@ def make_trainer(
         worker_loop,
         train_loop_config={
             "spec": spec,
-            "strategy": resources.strategy,
-            "cpus_per_worker": resources.cpus_per_worker,
-            "precision": worker_precision(resources),
+            "strategy": shape.strategy,
+            "cpus_per_worker": shape.cpus_per_worker,
+            "precision": worker_precision(resources, shape),
             "digest_dir": digest_dir,
+            # (experiment URI, trial id): rank 0 keeps the best epoch's checkpoint there
+            "keep_best": keep_best,
         },
-        scaling_config=scaling_config(resources),
+        scaling_config=scaling_config(shape),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             callbacks=callbacks or [],
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"
-            ),
+            # The latest, by time (see search.best.KEEP_LATEST); the best is kept apart.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_LATEST),
             # A lost worker restarts the group from the latest checkpoint.
             failure_config=ray.train.FailureConfig(max_failures=2),
         ),

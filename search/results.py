@@ -48,7 +48,17 @@ class TrialRow:
         return self.status == "TERMINATED" and self.epochs_run < self.planned_epochs
 
 
-def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any) -> list[TrialRow]:
+def epochs_of(result: Any) -> Any:
+    """A trial's reports, one per epoch (the last report of an epoch a restored trial
+    trained again wins), in epoch order; None when it reported nothing."""
+    frame = result.metrics_dataframe
+    if frame is None or frame.empty or "epoch" not in frame:
+        return frame
+    return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any,
+               kept_best: Any = None) -> list[TrialRow]:
     """One row per trial of a Tune ResultGrid.
 
     Args:
@@ -56,10 +66,12 @@ def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any) ->
         metric, mode: the search's metric, e.g. ``val_accuracy``, ``max``.
         planned_epochs: function of a trial's config giving the epochs it would run
             unstopped (the warmup axis makes it differ per trial).
+        kept_best: function of (trial id, epoch) giving the path of the trial's kept
+            best checkpoint (search.best); None reads the checkpoints Tune still holds.
     """
     rows = []
     for result in result_grid:
-        frame = result.metrics_dataframe
+        frame = epochs_of(result)
         has_metric = frame is not None and metric in frame and frame[metric].notna().any()
         if has_metric:
             best_index = frame[metric].idxmax() if mode == "max" else frame[metric].idxmin()
@@ -68,9 +80,12 @@ def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any) ->
             epochs_run = int(frame["epoch"].max())
         else:
             best_value, best_epoch, epochs_run = math.nan, 0, 0
-        best = result.get_best_checkpoint(metric, mode) if has_metric and result.best_checkpoints else None
-        best_path = best.path if best is not None else None
-        if best_path is None and has_metric and CHECKPOINT_PATH in frame:
+        if kept_best is not None:
+            best_path = kept_best(_trial_id(result), best_epoch) if has_metric else None
+        else:
+            best = result.get_best_checkpoint(metric, mode) if has_metric and result.best_checkpoints else None
+            best_path = best.path if best is not None else None
+        if best_path is None and kept_best is None and has_metric and CHECKPOINT_PATH in frame:
             # A distributed trial's checkpoints live in its Ray Train run; Tune only
             # receives their paths as a metric.
             value = frame[CHECKPOINT_PATH][best_index]
@@ -116,7 +131,7 @@ def history_table(result_grid: Any) -> pa.Table:
     """Every reported epoch of every trial, with the trial's sampled configuration."""
     frames = []
     for result in result_grid:
-        frame = result.metrics_dataframe
+        frame = epochs_of(result)
         if frame is None or frame.empty:
             continue
         frame = frame.copy()

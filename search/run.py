@@ -14,7 +14,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.config import Config
-from search.resources import DRIVER_CPU, worker_precision
+from search.best import KEEP_LATEST, BestKeeper
+from search.plan import plan_backbone
+from search.resources import DRIVER_CPU, worker_bundle, worker_precision
 from search.space import param_space
 from trainables import strategy as strategies
 from trainables.params import hyperparams_from
@@ -30,8 +32,11 @@ TIME_ATTR = "epoch"
 
 
 def trial_spec(config: Config, sampled: dict[str, Any]) -> TrialSpec:
-    """One trial's spec: the config's data and recipe sections, its sampled values."""
-    return TrialSpec(config.data, config.recipe, hyperparams_from(sampled), seed=config.search.seed)
+    """One trial's spec: the config's data and recipe sections, its sampled values, and
+    the micro-batches its backbone's plan needs to fit a step on its device."""
+    hp = hyperparams_from(sampled)
+    micro_batches = plan_backbone(config, hp.backbone).micro_batches or 1
+    return TrialSpec(config.data, config.recipe, hp, seed=config.search.seed, micro_batches=micro_batches)
 
 
 def make_searcher(config: Config) -> OptunaSearch:
@@ -60,19 +65,31 @@ def make_scheduler(config: Config) -> ASHAScheduler:
     )
 
 
-def run_trial(sampled: dict[str, Any], *, config: Config) -> None:
-    """Tune's trial function for the single strategy: one trial in this process.
+def run_trial(sampled: dict[str, Any], *, config: Config, experiment_uri: str) -> None:
+    """Tune's trial function: runs the trial by its backbone's strategy."""
+    shape = config.resources.shape_for(sampled["backbone"])
+    if strategies.get(shape.strategy).distributed:
+        train_distributed(sampled, config=config, experiment_uri=experiment_uri)
+    else:
+        train_here(sampled, config=config, experiment_uri=experiment_uri)
+
+
+def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) -> None:
+    """A single-strategy trial: it trains in this (the trial's) process.
 
     Resumes from Tune's checkpoint when the trial is restored (a retried failure or a
     resumed search), so a trial never starts over from epoch 0.
     """
     from trainables.train import WorkerContext, train_trial
 
-    limit_threads(config.resources.cpus_per_worker)
     spec = trial_spec(config, sampled)
-    context = WorkerContext(precision=worker_precision(config.resources))
+    shape = config.resources.shape_for(spec.hp.backbone)
+    limit_threads(shape.cpus_per_worker)
+    context = WorkerContext(precision=worker_precision(config.resources, shape))
+    best = BestKeeper(experiment_uri, tune.get_context().get_trial_id())
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
+        best.offer(metrics, directory)
         checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory else None
         tune.report(metrics, checkpoint=checkpoint)
 
@@ -88,9 +105,9 @@ def run_trial(sampled: dict[str, Any], *, config: Config) -> None:
 TRAIN_RUNS = "train_runs"
 
 
-def run_distributed_trial(sampled: dict[str, Any], *, config: Config, experiment_uri: str) -> None:
-    """Tune's trial function for the mwms and tpu strategies: it starts a Ray Train job
-    of the trial's workers and waits for it.
+def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri: str) -> None:
+    """An mwms or tpu trial: it starts a Ray Train job of the trial's workers and waits
+    for it.
 
     ``TuneReportCallback`` forwards rank 0's metrics, with the checkpoint's path as the
     ``checkpoint_path`` metric. The Train run is named after the trial, so when Tune
@@ -102,10 +119,12 @@ def run_distributed_trial(sampled: dict[str, Any], *, config: Config, experiment
     from search.distributed import make_trainer
 
     location = resolve(experiment_uri)
+    trial_id = tune.get_context().get_trial_id()
     trainer = make_trainer(
         trial_spec(config, sampled),
         config.resources,
-        name=tune.get_context().get_trial_id(),
+        name=trial_id,
+        keep_best=(experiment_uri, trial_id),
         storage_path=location.join(TRAIN_RUNS),
         storage_filesystem=location.filesystem,
         callbacks=[TuneReportCallback()],
@@ -120,12 +139,26 @@ def make_trainable(config: Config, location: Location) -> Any:
     CPUs and GPUs. A distributed trial's process only waits for its Ray Train workers,
     which hold the resources, so it takes almost nothing.
     """
-    res = config.resources
-    if not strategies.get(res.strategy).distributed:
-        bound = tune.with_parameters(run_trial, config=config)
-        return tune.with_resources(bound, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
-    bound = tune.with_parameters(run_distributed_trial, config=config, experiment_uri=experiment_path(config, location))
-    return tune.with_resources(bound, {"cpu": DRIVER_CPU})
+    bound = tune.with_parameters(run_trial, config=config, experiment_uri=experiment_path(config, location))
+    return tune.with_resources(bound, trial_resources(config))
+
+
+def trial_resources(config: Config) -> Callable[[dict[str, Any]], Any]:
+    """Tune's per-trial resources, from the trial's sampled backbone.
+
+    A trial that trains in its own process (``single``) holds its worker's CPUs and
+    GPUs; a distributed trial's process only waits for its Ray Train workers (whose
+    resources its Train job's ScalingConfig asks for), so it holds almost nothing.
+    """
+    from ray.tune import PlacementGroupFactory
+
+    def resources(sampled: dict[str, Any]) -> Any:
+        shape = config.resources.shape_for(sampled["backbone"])
+        if strategies.get(shape.strategy).distributed:
+            return PlacementGroupFactory([{"CPU": DRIVER_CPU}])
+        return PlacementGroupFactory([worker_bundle(shape)])
+
+    return resources
 
 
 def run_config(config: Config, location: Location, callbacks: list | None = None) -> tune.RunConfig:
@@ -134,13 +167,11 @@ def run_config(config: Config, location: Location, callbacks: list | None = None
         callbacks=callbacks,
         storage_path=location.root if location.is_remote else location.uri,
         storage_filesystem=location.filesystem,
-        checkpoint_config=tune.CheckpointConfig(
-            # The best two by validation accuracy; Tune also always keeps the latest,
-            # which a retried trial resumes from.
-            num_to_keep=2,
-            checkpoint_score_attribute=METRIC,
-            checkpoint_score_order=MODE,
-        ),
+        # The latest checkpoints by time, never ranked by score: a ranking may delete the
+        # very checkpoint Tune's last experiment snapshot names as a trial's latest, and a
+        # search resumed from that snapshot could then not restore the trial. The best
+        # epoch's checkpoint is kept apart (search.best).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_LATEST),
         # A trial whose worker dies is retried from its last checkpoint.
         failure_config=tune.FailureConfig(max_failures=2),
     )
@@ -160,6 +191,7 @@ def build_tuner(
     Tune callbacks (the benchmarks time trials with them).
     """
     _bound_trial_cleanup(config)
+    _snapshot_every_step()
     return tune.Tuner(
         trainable or make_trainable(config, location),
         param_space=param_space(config.space),
@@ -189,8 +221,19 @@ def _bound_trial_cleanup(config: Config) -> None:
     placement-group cleaner then frees the workers' bundles for the next trial.
     Read by Tune's controller when the Tuner starts; an explicit setting wins.
     """
-    if strategies.get(config.resources.strategy).distributed:
+    shapes = [config.resources.shape_for(b) for b in config.space.backbones]
+    if any(strategies.get(shape.strategy).distributed for shape in shapes):
         os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))
+
+
+def _snapshot_every_step() -> None:
+    """Save Tune's experiment state at every controller step instead of every ~10 s.
+
+    A resumed search restores each trial from the checkpoint the last snapshot names; a
+    fresh snapshot per step keeps that checkpoint among the KEEP_LATEST that Tune keeps.
+    Read by Tune's controller when the Tuner starts; an explicit setting wins.
+    """
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 
 def experiment_path(config: Config, location: Location) -> str:
@@ -202,6 +245,7 @@ def restore_tuner(config: Config, location: Location, *, trainable: Callable | N
     """Resume an interrupted search: unfinished and errored trials carry on from their
     last checkpoints, finished trials are kept, and the searcher resumes its state."""
     _bound_trial_cleanup(config)
+    _snapshot_every_step()
     return tune.Tuner.restore(
         # with an explicit filesystem, Tune takes the path inside it (bucket/key for GCS)
         location.join(config.search.name),

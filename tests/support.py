@@ -28,6 +28,7 @@ def tiny_spec(**overrides) -> TrialSpec:
                           min_lr=0.001, momentum=0.9, weights="none", flip=False)
     hp = Hyperparams(backbone="B0", cutout_fraction=0.25, cutout_count=1, dropout=0.2, warmup_epochs=1, max_lr=0.02)
     seed = overrides.pop("seed", 0)  # the trial's seed (the data section has its own)
+    micro_batches = overrides.pop("micro_batches", 1)
     sections = {"data": data, "recipe": recipe, "hp": hp}
     for name, section in sections.items():
         names = {f.name for f in dataclasses.fields(section)}
@@ -37,7 +38,7 @@ def tiny_spec(**overrides) -> TrialSpec:
             overrides.pop(k)
     if overrides:
         raise TypeError(f"tiny_spec: unknown fields {sorted(overrides)}")
-    return TrialSpec(sections["data"], sections["recipe"], sections["hp"], seed=seed)
+    return TrialSpec(sections["data"], sections["recipe"], sections["hp"], seed=seed, micro_batches=micro_batches)
 
 
 def write_cifar_batches(root: Path, train: Split, test: Split, per_batch: int = 10000) -> None:

@@ -16,6 +16,7 @@ import keras
 
 from trainables import backbones
 from trainables.params import Hyperparams
+from trainables.spec import batchnorm_frozen
 
 BACKBONE_LAYER = "backbone"
 
@@ -73,19 +74,6 @@ def build_model(spec: ModelSpec) -> keras.Model:
     outputs = keras.layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="head")(x)
     family = backbones.get(hp.backbone).family
     return keras.Model(inputs, outputs, name=f"{family}_{hp.backbone.lower()}_classifier")
-
-
-def batchnorm_frozen(weights: str) -> bool:
-    """Whether the backbone's BatchNormalization runs in inference mode.
-
-    Pretrained backbones (``imagenet`` or a weights file) keep BatchNormalization in
-    inference mode in both phases, so fine-tuning cannot overwrite the pretrained
-    statistics (docs/recipe.md sections 1 and 5). A backbone trained from scratch
-    (``none``) has no statistics to protect: its moving mean and variance start at 0 and
-    1, and a deep net with normalisation frozen at those values does not learn (measured
-    on digits: chance accuracy after 13 epochs), so there BatchNormalization trains.
-    """
-    return weights != "none"
 
 
 # BatchNormalization momentum for backbones trained from scratch. Keras's 0.99 averages

@@ -69,6 +69,19 @@ class RecipeConfig:
         return self.head_epochs + warmup_epochs + self.flat_epochs + self.cooldown_epochs
 
 
+def batchnorm_frozen(weights: str) -> bool:
+    """Whether the backbone's BatchNormalization runs in inference mode.
+
+    Pretrained backbones (``imagenet`` or a weights file) keep BatchNormalization in
+    inference mode in both phases, so fine-tuning cannot overwrite the pretrained
+    statistics (docs/recipe.md sections 1 and 5). A backbone trained from scratch
+    (``none``) has no statistics to protect: its moving mean and variance start at 0 and
+    1, and a deep net with normalisation frozen at those values does not learn (measured
+    on digits: chance accuracy after 13 epochs), so there BatchNormalization trains.
+    """
+    return weights != "none"
+
+
 @dataclass(frozen=True)
 class AugmentParams:
     """One trial's augmentation settings (what ``trainables.augment`` reads)."""
@@ -90,6 +103,9 @@ class TrialSpec:
     recipe: RecipeConfig
     hp: Hyperparams
     seed: int = 0
+    # Each replica splits its share of the global batch into this many micro-batches and
+    # applies one update per share (search.plan picks it so a step fits the device).
+    micro_batches: int = 1
 
     @property
     def total_epochs(self) -> int:

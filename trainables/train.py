@@ -87,6 +87,7 @@ class PhaseStep:
         strategy: tf.distribute.Strategy,
         global_batch: int,
         precision: Precision = Precision(),
+        micro_batches: int = 1,
     ):
         self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
         if precision.policy == "mixed_float16":
@@ -95,18 +96,36 @@ class PhaseStep:
         variables = model.trainable_variables
         self.optimizer.build(variables)
 
-        def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def gradients(images: tf.Tensor, labels: tf.Tensor) -> tuple[list, tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 probs = model(images, training=True)
                 per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
-                # Sum over the replica's examples / global batch: the all-reduced gradient
-                # is then the mean over the global batch.
+                # Sum over these examples / global batch: summed over micro-batches and
+                # all-reduced over replicas, the gradient is the mean over the global batch.
                 loss = tf.reduce_sum(per_example) / global_batch
                 scaled = self.optimizer.scale_loss(loss)
-            # LossScaleOptimizer unscales these and skips steps whose gradients overflowed.
             grads = tape.gradient(scaled, variables)
-            self.optimizer.apply_gradients(zip(grads, variables))
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
             correct = tf.reduce_sum(tf.cast(tf.argmax(probs, axis=-1) == labels, tf.float32))
+            return grads, loss, correct
+
+        def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            if micro_batches == 1:
+                grads, loss, correct = gradients(images, labels)
+            else:
+                # Gradient accumulation: with BatchNormalization frozen the model is a
+                # function of each example alone, so the summed gradients of k
+                # micro-batches are exactly the share's gradient (one update, same LR).
+                size = tf.shape(images)[0] // micro_batches
+                grads = [tf.zeros_like(v) for v in variables]
+                loss, correct = tf.constant(0.0), tf.constant(0.0)
+                for i in tf.range(micro_batches):  # a graph loop: the model is traced once
+                    part = tf.range(i * size, (i + 1) * size)
+                    g, l, c = gradients(tf.gather(images, part), tf.gather(labels, part))
+                    grads = [a + b for a, b in zip(grads, g)]
+                    loss, correct = loss + tf.cast(l, tf.float32), correct + c
+            # LossScaleOptimizer unscales these and skips steps whose gradients overflowed.
+            self.optimizer.apply_gradients(zip(grads, variables))
             return loss, correct
 
         @tf.function(jit_compile=precision.jit_compile)
@@ -173,10 +192,14 @@ def train_trial(
     keras.utils.set_random_seed(spec.seed)
     if data is None:
         data = load_configured(spec.data, shard=(context.num_workers, context.worker_index))
-    # Each worker reads its own shard and steps with its share of the global batch. Every
-    # worker must take the same number of steps (each step is a collective all-reduce),
-    # so the count comes from the whole split, and a shorter shard repeats.
-    per_worker_batch = batch_size // context.num_workers
+    # Each worker reads its own shard and steps with its share of the global batch, one
+    # per-replica batch for each of its replicas (one per MultiWorkerMirrored worker; the
+    # chips of a TPU host). Every worker must take the same number of steps (each step is
+    # a collective all-reduce), so the count comes from the whole split, and a shorter
+    # shard repeats.
+    per_replica_batch = batch_size // replicas
+    local_replicas = replicas // context.num_workers
+    per_worker_batch = per_replica_batch * local_replicas
     steps_per_epoch = (data.train_size // context.num_workers) // per_worker_batch
     if steps_per_epoch < 1:
         raise ValueError(f"{data.train_size} training images are fewer than one batch of {batch_size}")
@@ -216,21 +239,23 @@ def train_trial(
                         strategy=strategy,
                         global_batch=batch_size,
                         precision=context.precision,
+                        micro_batches=spec.micro_batches,
                     )
                 if resume_from is not None and epoch == start_epoch and state.phase == phase_name:
                     ckpt.restore_optimizer(resume_from, phase.optimizer)
             dataset = train_dataset(
                 data.train.images,
                 data.train.labels,
-                per_worker_batch,
+                per_replica_batch,
                 spec.augment,
                 spec.seed,
                 epoch,
                 shard=shard,
-            ).repeat().take(steps_per_epoch)
-            if context.num_workers > 1:
-                # Already this worker's shard at the per-worker batch: hand it over as is
-                # (no auto-sharding, no re-batching).
+            ).repeat().take(steps_per_epoch * local_replicas)
+            if replicas > 1:
+                # Already this worker's shard in per-replica batches: hand it over as is
+                # (no auto-sharding, no re-batching); each step takes one batch per local
+                # replica.
                 own = dataset
                 dataset = strategy.distribute_datasets_from_function(lambda _: own)
             loss_sum, correct_sum, seen = 0.0, 0.0, 0

@@ -90,7 +90,7 @@ BAD = {
 
 
 def test_distributed_strategies_are_accepted(tmp_path):
-    mwms = load_config(write(tmp_path, "resources: {strategy: mwms, workers: 4, gpus_per_worker: 1, xla: false}"))
+    mwms = load_config(write(tmp_path, "resources: {strategy: mwms, workers: 4, gpus_per_worker: 1, gpu_type: nvidia-l4, xla: false}"))
     assert (mwms.resources.strategy, mwms.resources.workers, mwms.resources.xla) == ("mwms", 4, False)
     tpu = load_config(write(tmp_path, "resources: {strategy: tpu, tpu_accelerator: TPU-V5P, tpu_topology: 2x2x1}"))
     assert tpu.resources.tpu_chips_per_worker == 4 and tpu.resources.mixed_precision is None

@@ -86,7 +86,7 @@ def test_same_seed_same_sampled_configurations(local_ray, tmp_path):
 
 
 IMPOSSIBLE = {
-    "gpus where none exist": ("{gpus_per_worker: 1}", "a trial needs 1 GPUs"),
+    "gpus where none exist": ("{gpus_per_worker: 1, gpu_type: nvidia-l4}", "a trial needs 1 GPUs"),
     "tpu with no TPU": ("{strategy: tpu, tpu_chips_per_worker: 4}", "a trial needs 4 TPU chips"),
     "more workers than CPUs": ("{strategy: mwms, workers: 4, cpus_per_worker: 1}", "a trial needs 4.01 CPUs"),
 }
@@ -103,6 +103,7 @@ def test_impossible_resources_fail_within_seconds(tmp_path, resources, message):
     done = subprocess.run([sys.executable, "-m", "search", "run", "--config", str(config_file)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
-    assert f"resources: {message}" in done.stderr, done.stderr[-2000:]
+    # the default space: every backbone shares the default shape, and is named
+    assert f"resources: B0, B1, B2, B3, B4, B5, B6, B7: {message}" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert time.time() - started < 120  # Ray's start-up, not a scheduling timeout

@@ -132,3 +132,38 @@ def test_partial_finetuning_trains_only_the_top_blocks(weights_file):
     whole = build_model(full)
     set_phase(whole, "finetune", full)
     assert len(model.trainable_variables) < len(whole.trainable_variables) / 2
+
+
+def accumulated_step(spec, micro_batches, weights=None):
+    """One phase-2 step of a fresh model on a fixed batch of 8, split into micro-batches."""
+    model = build_model(spec)
+    if weights is not None:
+        model.set_weights(weights)
+    set_phase(model, "finetune", spec)
+    step = PhaseStep(model, learning_rate=0.05, momentum=0.9, strategy=tf.distribute.get_strategy(),
+                     global_batch=8, micro_batches=micro_batches)
+    before = [w.numpy().copy() for w in model.weights]
+    step.train_step(*batch())
+    return before, [w.numpy() for w in model.weights]
+
+
+def test_gradient_accumulation_is_exact_with_batchnorm_frozen(weights_file):
+    """One step over 4 micro-batches of 2 gives the weights one step over the batch of 8
+    gives (to 1e-5), because frozen BatchNormalization makes each example's output
+    independent of the others. Dropout is 0 so both see the same function."""
+    spec = ModelSpec(Hyperparams("B0", dropout=0.0), 10, weights=weights_file, image_size=32)
+    start, whole = accumulated_step(spec, 1)
+    _, split = accumulated_step(spec, 4, weights=start)
+    assert sum(not np.array_equal(a, b) for a, b in zip(start, whole)) > 50  # the step did train
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(whole, split))
+    assert worst < 1e-5, worst
+
+
+def test_micro_batches_change_the_step_where_batchnorm_trains():
+    """Why micro-batching is refused with weights none: BatchNormalization normalises by
+    each micro-batch's statistics, so the step is not the whole batch's."""
+    spec = ModelSpec(Hyperparams("B0", dropout=0.0), 10, weights="none", image_size=32)
+    keras.utils.set_random_seed(0)
+    start, whole = accumulated_step(spec, 1)
+    _, split = accumulated_step(spec, 4, weights=start)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(whole, split)) > 1e-3

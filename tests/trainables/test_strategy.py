@@ -1,11 +1,10 @@
-"""Strategy choice, precision rule, and the resource preflight: one test per kind."""
+"""Strategy choice and precision rule: one test per registered strategy kind."""
 
 import subprocess
 import sys
 
 import pytest
 
-from search.resources import TrialShape, shortfalls
 from trainables.errors import InputError
 from trainables.strategy import STRATEGIES, precision_for
 
@@ -51,36 +50,3 @@ def test_strategy_for_each_kind_in_a_fresh_process(kind):
         assert done.returncode == 0, done.stderr[-2000:]
         expected = {"single": "_DefaultDistributionStrategy", "mwms": "MultiWorkerMirroredStrategy"}[kind]
         assert f"replicas 1 {expected}" in done.stdout
-
-
-LAPTOP = {"CPU": 2.0, "memory": 8e9}
-
-
-def test_a_fitting_trial_has_no_shortfall():
-    shape = TrialShape("mwms", workers=2, cpus_per_worker=0.99, gpus_per_worker=0, tpu_chips_per_worker=0)
-    assert shortfalls(shape, LAPTOP, [LAPTOP]) == []
-
-
-def test_more_workers_than_cpus():
-    shape = TrialShape("mwms", workers=4, cpus_per_worker=1, gpus_per_worker=0, tpu_chips_per_worker=0)
-    (problem,) = shortfalls(shape, LAPTOP, [LAPTOP])
-    assert "needs 4.01 CPUs (4 workers x 1)" in problem and "only 2" in problem
-
-
-def test_gpus_where_none_exist():
-    shape = TrialShape("mwms", workers=2, cpus_per_worker=0.5, gpus_per_worker=1, tpu_chips_per_worker=0)
-    (problem,) = shortfalls(shape, LAPTOP, [LAPTOP])
-    assert "GPUs" in problem and "has none" in problem
-
-
-def test_tpu_without_tpu_resource():
-    shape = TrialShape("tpu", workers=1, cpus_per_worker=1, gpus_per_worker=0, tpu_chips_per_worker=4)
-    (problem,) = shortfalls(shape, LAPTOP, [LAPTOP])
-    assert "TPU chips" in problem and "has none" in problem
-
-
-def test_a_worker_must_fit_on_one_node():
-    nodes = [{"CPU": 4.0}, {"CPU": 4.0}]
-    shape = TrialShape("mwms", workers=1, cpus_per_worker=6, gpus_per_worker=0, tpu_chips_per_worker=0)
-    (problem,) = shortfalls(shape, {"CPU": 8.0}, nodes)
-    assert "no single node" in problem

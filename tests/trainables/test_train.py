@@ -124,3 +124,36 @@ def test_xla_compiled_step_with_loss_scaling():
         assert losses[-1] < losses[0] * 0.7
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+ONE_HOST_TWO_REPLICAS = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from support import tiny_spec
+from trainables.train import WorkerContext, train_trial
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+seen = []
+metrics = train_trial(tiny_spec(head_epochs=0, warmup_epochs=0, micro_batches=2),
+                      lambda m, d: seen.append(m), context=WorkerContext(strategy))
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "epochs": [m["epoch"] for m in seen],
+                  "loss": metrics["train_loss"], "accuracy": metrics["train_accuracy"]}))
+"""
+
+
+def test_one_worker_with_several_replicas_splits_the_batch_per_replica(tmp_path):
+    """The shape of a TPU host on CPU: one worker, two replicas (two logical CPU devices
+    under MirroredStrategy), each stepping its half of the global batch in two
+    micro-batches; the epoch runs through and the loss is finite."""
+    import json
+    import math
+
+    from support import TESTS
+
+    done = subprocess.run([sys.executable, "-c", ONE_HOST_TWO_REPLICAS], capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(TESTS)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["epochs"] == [1]
+    assert math.isfinite(result["loss"]) and 0.0 <= result["accuracy"] <= 1.0
