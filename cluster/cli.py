@@ -8,9 +8,11 @@ from pathlib import Path
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cluster.status import api_client, get_status
+    from cluster.status import api_client, context_namespace, find_cluster, get_status
 
-    status = get_status(args.name, args.namespace, api_client(args.context, args.kubeconfig))
+    api = api_client(args.context, args.kubeconfig)
+    namespace = args.namespace or context_namespace(args.context, args.kubeconfig)
+    status = get_status(args.name or find_cluster(namespace, api), namespace, api)
     print("\n".join(status.lines()))
     return 0
 
@@ -62,8 +64,9 @@ def add_parser(sub: argparse._SubParsersAction, validate_config: Callable[[Path]
     address_help = "Ray dashboard URL (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
 
     status = commands.add_parser("status", help="state, ready workers per group, dashboard endpoint")
-    status.add_argument("--name", default="hpsearch-hpsearch", help="RayCluster name (default: hpsearch-hpsearch)")
-    status.add_argument("--namespace", default="default")
+    status.add_argument("--name", help="RayCluster name (default: the one hpsearch cluster in the namespace, "
+                                       "whatever its helm release is called)")
+    status.add_argument("--namespace", help="namespace (default: the kubeconfig context's, else default)")
     status.add_argument("--context", help="kubeconfig context (default: the current one)")
     status.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     status.set_defaults(func=cmd_status)

@@ -4,7 +4,7 @@ uses), with the project directory as the job's working directory."""
 from __future__ import annotations
 
 import os
-import time
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +12,10 @@ from typing import Any
 from cluster.errors import ClusterError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-# Never uploaded with the working directory: environments, outputs, VCS data.
-EXCLUDES = [".venv", ".git", "experiments", "__pycache__", "*.egg-info", ".pytest_cache", ".whl", ".gl"]
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# Never uploaded with the working directory: environments, outputs, VCS data, caches,
+# built packages. Patterns in .gitignore syntax, as Ray's runtime_env reads them.
+EXCLUDES = [".venv/", ".git/", "experiments/", "__pycache__/", "*.egg-info/", ".pytest_cache/", "build/", "dist/",
+            "*.whl", "*.tar.gz"]
 
 
 def address_from(argument: str | None) -> str:
@@ -62,7 +63,7 @@ def _explain(exc: BaseException, address: str) -> ClusterError:
 
 def search_entrypoint(config_path: str, extra_args: list[str] | None = None) -> str:
     """The job's command: the search module, run from the uploaded working directory."""
-    return " ".join(["python", "-m", "search", "run", "--config", config_path, *(extra_args or [])])
+    return shlex.join(["python", "-m", "search", "run", "--config", config_path, *(extra_args or [])])
 
 
 def submit(
@@ -82,21 +83,20 @@ def submit(
         raise _explain(exc, address) from None
 
 
-def follow(client: Any, address: str, job_id: str, write: Callable[[str], None], poll_s: float = 1.0) -> str:
-    """Stream a job's logs until it ends; return its final status."""
-    printed = 0
-    while True:
-        try:
-            logs = client.get_job_logs(job_id)
-            status = _status_name(client.get_job_status(job_id))
-        except Exception as exc:
-            raise _explain(exc, address) from None
-        if len(logs) > printed:
-            write(logs[printed:])
-            printed = len(logs)
-        if status in TERMINAL:
-            return status
-        time.sleep(poll_s)
+def follow(client: Any, address: str, job_id: str, write: Callable[[str], None]) -> str:
+    """Stream a job's logs as they are written (the SDK's ``tail_job_logs``, which holds
+    one connection open) until the job ends; return its final status."""
+    import asyncio
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            write(lines)
+
+    try:
+        asyncio.run(tail())
+        return _status_name(client.get_job_status(job_id))
+    except Exception as exc:
+        raise _explain(exc, address) from None
 
 
 def _status_name(status: Any) -> str:

@@ -97,6 +97,49 @@ def api_client(context: str | None = None, kubeconfig: str | None = None) -> Any
             ) from None
 
 
+# The label the chart puts on its RayCluster (hpsearch.labels): how a cluster is found
+# without --name.
+CHART_LABEL = "app.kubernetes.io/name=hpsearch"
+
+
+def context_namespace(context: str | None = None, kubeconfig: str | None = None) -> str:
+    """The namespace of the kubeconfig context (the current one unless named), as kubectl
+    uses it; ``default`` when the context sets none."""
+    from kubernetes import config
+
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    except (config.ConfigException, OSError):
+        return "default"  # in-cluster, or no kubeconfig: api_client() reports the latter
+    chosen = next((c for c in contexts if c["name"] == context), None) if context else active
+    return (chosen or {}).get("context", {}).get("namespace") or "default"
+
+
+def find_cluster(namespace: str, api: Any) -> str:
+    """The name of the one hpsearch RayCluster in ``namespace`` (what `helm install NAME
+    helm/hpsearch` created, whatever NAME was).
+
+    Raises:
+        ClusterError: none, or several (the message lists them).
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        found = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=CHART_LABEL)
+    except ApiException as exc:
+        raise ClusterError(f"the Kubernetes API answered {exc.status} {exc.reason} listing RayClusters") from None
+    names = sorted(item["metadata"]["name"] for item in found.get("items", []))
+    if not names:
+        raise ClusterError(f"no hpsearch RayCluster in namespace {namespace!r}: install one with "
+                           f"`helm install search helm/hpsearch -n {namespace}`, or pass --namespace")
+    if len(names) > 1:
+        raise ClusterError(f"{len(names)} hpsearch RayClusters in namespace {namespace!r} ({', '.join(names)}): "
+                           "pass --name")
+    return names[0]
+
+
 def get_status(name: str, namespace: str, api: Any) -> ClusterStatus:
     """Read the RayCluster and its pods.
 

@@ -8,13 +8,14 @@ that finished with some trials in ERROR.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-from search.config import Config, ConfigError, config_to_dict, load_config, smoke_config
+from search.config import STORAGE_ENV, Config, ConfigError, config_to_dict, load_config, smoke_config
 from trainables.errors import HpsearchError, InputError
 
 log = logging.getLogger("hpsearch")
@@ -44,6 +45,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     location = resolve(config.storage.path)
     check_writable(location)
+    # Trials run in directories of their own: from here on the storage path is absolute.
+    config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, path=location.uri))
+    if config.recipe.weights == "imagenet":  # before any trial: one fetch, not one per trial
+        from search.config import space_value
+        from search.weights import stage_imagenet_weights
+
+        stage_imagenet_weights(location.uri, space_value(config.space, "backbone"))
 
     import ray
     from ray import tune
@@ -74,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             ray.init(logging_level=logging.WARNING, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
     try:
+        _check_storage_on_every_node(location)
         _check_resources(config)
         if args.resume:
             tuner = search_run.restore_tuner(config, location)
@@ -118,6 +127,39 @@ def _memory_stamp() -> str:
     from trainables.memory import table
 
     return f"{table()['measured']} on {table()['machine']}"
+
+
+def _check_storage_on_every_node(location) -> None:
+    """A local storage path must be the same directory on every node of the cluster
+    (trials write checkpoints where they run, and the driver reads them all): a probe
+    written here must be visible to a task on each other node. Remote storage (gs://)
+    is reached by every node."""
+    if location.is_remote:
+        return
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    others = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+    if not others:
+        return
+    probe = location.join(f".hpsearch-node-probe-{uuid.uuid4().hex}")
+    with location.filesystem.open_output_stream(probe) as out:
+        out.write(b"probe")
+    try:
+        sees = ray.remote(num_cpus=0)(os.path.exists)
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(probe)
+                        for node in others])
+    finally:
+        location.filesystem.delete_file(probe)
+    blind = seen.count(False)
+    if blind:
+        raise UsageError(
+            f"storage.path {location.uri} is a local directory that {blind} of this Ray cluster's "
+            f"{len(others) + 1} nodes cannot see: set storage.path (or {STORAGE_ENV}) to gs://BUCKET/experiments, "
+            "or to a directory every node mounts")
 
 
 def _check_resources(config: Config) -> None:

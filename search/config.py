@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -129,11 +130,22 @@ class ResourcesConfig(Shape):
         return Shape(**base)
 
 
+# Where experiments go when the config names no storage.path: the chart sets this
+# variable in every pod to the release's bucket; elsewhere, ./experiments.
+STORAGE_ENV = "HPSEARCH_STORAGE"
+LOCAL_STORAGE = "./experiments"
+
+
+def default_storage_path() -> str:
+    return os.environ.get(STORAGE_ENV) or LOCAL_STORAGE
+
+
 @dataclass(frozen=True)
 class StorageConfig:
     """Where experiments live: a local directory or a gs:// URI."""
 
-    path: str = "./experiments"
+    # Unset in the file: $HPSEARCH_STORAGE when set, else ./experiments.
+    path: str = field(default_factory=default_storage_path)
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,7 @@ class Config:
     recipe: RecipeConfig = RecipeConfig()
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
-    storage: StorageConfig = StorageConfig()
+    storage: StorageConfig = field(default_factory=StorageConfig)  # reads the environment when made
 
     @property
     def max_epochs(self) -> int:

@@ -36,7 +36,9 @@ def trial_spec(config: Config, sampled: dict[str, Any]) -> TrialSpec:
     the micro-batches its backbone's plan needs to fit a step on its device."""
     hp = hyperparams_from(sampled)
     micro_batches = plan_backbone(config, hp.backbone).micro_batches or 1
-    return TrialSpec(config.data, config.recipe, hp, seed=config.search.seed, micro_batches=micro_batches)
+    weights_root = config.storage.path if config.recipe.weights == "imagenet" else None
+    return TrialSpec(config.data, config.recipe, hp, seed=config.search.seed, micro_batches=micro_batches,
+                     weights_root=weights_root)
 
 
 def make_searcher(config: Config) -> OptunaSearch:

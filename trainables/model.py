@@ -17,6 +17,7 @@ import keras
 from trainables import backbones
 from trainables.params import Hyperparams
 from trainables.spec import batchnorm_frozen
+from trainables.weights import local_copy
 
 BACKBONE_LAYER = "backbone"
 
@@ -32,6 +33,8 @@ class ModelSpec:
     # Resize target; None means the backbone's native resolution.
     image_size: int | None = None
     input_side: int = 32
+    # Where "imagenet" weights are staged (trainables.weights); None: Keras downloads.
+    weights_root: str | None = None
 
     @property
     def freeze_batchnorm(self) -> bool:
@@ -55,6 +58,8 @@ def build_model(spec: ModelSpec) -> keras.Model:
         raise ValueError(f"num_classes must be >= 2, got {spec.num_classes}")
     side = backbones.input_resolution(hp.backbone, spec.image_size)
     weights = None if spec.weights == "none" else spec.weights
+    if weights == "imagenet" and spec.weights_root is not None:
+        weights = local_copy(spec.weights_root, hp.backbone)  # staged by the driver
     base = backbones.get(hp.backbone).build(weights, (side, side, 3))
     base.name = BACKBONE_LAYER
     if not spec.freeze_batchnorm:

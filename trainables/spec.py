@@ -106,6 +106,9 @@ class TrialSpec:
     # Each replica splits its share of the global batch into this many micro-batches and
     # applies one update per share (search.plan picks it so a step fits the device).
     micro_batches: int = 1
+    # With weights "imagenet": the storage root whose weights/ holds the backbones' files
+    # (staged by the driver, trainables.weights); None lets Keras download them itself.
+    weights_root: str | None = None
 
     @property
     def total_epochs(self) -> int:

@@ -210,7 +210,8 @@ def train_trial(
 
     # Layers take the global policy when they are built; the head stays float32.
     keras.mixed_precision.set_global_policy(context.precision.policy)
-    model_spec = ModelSpec(spec.hp, data.num_classes, weights=recipe.weights, image_size=spec.data.image_size)
+    model_spec = ModelSpec(spec.hp, data.num_classes, weights=recipe.weights, image_size=spec.data.image_size,
+                           weights_root=spec.weights_root)
     with strategy.scope():
         model = build_model(model_spec)
     # Validation runs whole on every worker (the split is small next to training, and every

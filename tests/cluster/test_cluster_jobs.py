@@ -171,3 +171,13 @@ def test_bad_config_is_refused_before_upload(project):
     (root / "configs" / "bad.yaml").write_text("search: {num_trails: 3}\n")
     done = run([str(BIN / "hpsearch"), "cluster", "submit", "--config", "configs/bad.yaml"], cwd=root, env=os.environ, timeout=120)
     assert done.returncode == 2 and "search.num_trails" in done.stderr
+
+
+def test_the_job_command_is_quoted_and_outputs_stay_home():
+    import shlex
+
+    from cluster.jobs import EXCLUDES, search_entrypoint
+
+    command = search_entrypoint("configs/my search.yaml", ["--resume"])
+    assert shlex.split(command) == ["python", "-m", "search", "run", "--config", "configs/my search.yaml", "--resume"]
+    assert {"*.whl", ".venv/", "experiments/", ".git/"} <= set(EXCLUDES)

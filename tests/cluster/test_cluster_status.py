@@ -47,18 +47,29 @@ CLUSTERS = {
     "ready": raycluster("ready", "ready", 3, [("gpu", 2, 1), ("tpu", 1, 1)]),
     "starting": raycluster("starting", None, 0, [("tpu-slice", 1, 4)]),
 }
+# Which hpsearch clusters each namespace holds (what `helm install NAME` made there).
+LISTED = {"solo": ["ready"], "ml": ["ready", "starting"]}
 PODS = {
     "ready": [pod("ready", "gpu", True), pod("ready", "gpu", True), pod("ready", "tpu", True)],
     "starting": [pod("starting", "tpu-slice", False) for _ in range(4)],
 }
 
 
+def in_namespace(cluster, namespace):
+    return {**cluster, "metadata": {**cluster["metadata"], "namespace": namespace}}
+
+
 class FakeKubernetes(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
         url = urlparse(self.path)
         parts = url.path.strip("/").split("/")
-        if parts[:3] == ["apis", "ray.io", "v1"] and parts[5] == "rayclusters":
-            body = CLUSTERS.get(parts[6])
+        if parts[:3] == ["apis", "ray.io", "v1"] and parts[5] == "rayclusters" and len(parts) == 6:
+            # a list: the chart's label selects hpsearch clusters (LISTED by namespace)
+            assert parse_qs(url.query)["labelSelector"] == ["app.kubernetes.io/name=hpsearch"]
+            body = {"kind": "RayClusterList", "apiVersion": "ray.io/v1",
+                    "items": [in_namespace(CLUSTERS[n], parts[4]) for n in LISTED.get(parts[4], [])]}
+        elif parts[:3] == ["apis", "ray.io", "v1"] and parts[5] == "rayclusters":
+            body = in_namespace(CLUSTERS[parts[6]], parts[4]) if parts[6] in CLUSTERS else None
         elif parts[:2] == ["api", "v1"] and parts[-1] == "pods":
             selector = parse_qs(url.query)["labelSelector"][0]
             body = {"kind": "PodList", "apiVersion": "v1", "items": PODS.get(selector.split("=")[1], [])}
@@ -93,7 +104,8 @@ def kubeconfig(tmp_path_factory):
                 "kind": "Config",
                 "clusters": [{"name": "stand-in", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
                 "users": [{"name": "me", "user": {"token": "not-a-secret"}}],
-                "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "me"}}],
+                "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "me", "namespace": "solo"}},
+                             {"name": "team", "context": {"cluster": "stand-in", "user": "me", "namespace": "ml"}}],
                 "current-context": "stand-in",
             }
         )
@@ -155,3 +167,34 @@ def test_summarise_counts_hosts_of_a_slice():
 
     status_ = summarise(CLUSTERS["starting"], [pod_obj("tpu-slice", True), pod_obj("tpu-slice", False)])
     assert status_.groups[0].ready == 1 and status_.groups[0].desired == 4
+
+
+def test_defaults_find_the_release_in_the_contexts_namespace(kubeconfig):
+    """No --name, no --namespace: the kubeconfig context's namespace (solo), and the one
+    RayCluster there that carries the chart's label, whatever the release is called."""
+    done = subprocess.run([sys.executable, "-m", "search", "cluster", "status", "--kubeconfig", kubeconfig],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "RayCluster solo/ready: ready" in done.stdout
+
+
+def test_several_releases_ask_for_a_name(kubeconfig):
+    done = subprocess.run([sys.executable, "-m", "search", "cluster", "status", "--kubeconfig", kubeconfig,
+                           "--context", "team"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "2 hpsearch RayClusters in namespace 'ml' (ready, starting): pass --name" in done.stderr
+
+
+def test_the_chart_labels_its_raycluster_as_the_default_lookup_expects():
+    from pathlib import Path
+
+    import helm_python as helm
+
+    from cluster.status import CHART_LABEL
+
+    chart = Path(__file__).resolve().parents[2] / "helm" / "hpsearch"
+    rendered = helm.Chart.load(chart).render({}, name="anything", namespace="ml")
+    cluster = next(d for path, text in rendered.items() if path.endswith(".yaml")
+                   for d in yaml.safe_load_all(text) if d and d["kind"] == "RayCluster")
+    key, value = CHART_LABEL.split("=")
+    assert cluster["metadata"]["labels"][key] == value

@@ -264,3 +264,169 @@ def test_bad_values_across_fields_stop_the_render(values, message, tmp_path):
     with pytest.raises(helm.HelmError) as info:
         render(write_and_read(tmp_path, values))
     assert message in str(info.value), str(info.value)
+
+
+# ---------------------------------------------------------------------------- day one on GKE
+
+def cluster_of(values):
+    return next(d for d in render(values) if d["kind"] == "RayCluster")
+
+
+def pod_templates(cluster):
+    spec = cluster["spec"]
+    yield "head", spec["headGroupSpec"]["template"]
+    for group in spec["workerGroupSpecs"]:
+        yield group["groupName"], group["template"]
+
+
+def test_pod_templates_leave_the_name_label_to_kuberay(scenario):
+    """KubeRay labels its pods app.kubernetes.io/name: kuberay, the label GKE's TPU webhook
+    selects on; a pod template that sets the label replaces KubeRay's value."""
+    for name, template in pod_templates(cluster_of(scenario)):
+        assert "app.kubernetes.io/name" not in template["metadata"].get("labels", {}), name
+
+
+def test_the_name_label_check_can_fail():
+    values = {"head": {"podLabels": {"app.kubernetes.io/name": "hpsearch"}}}
+    labels = dict(pod_templates(cluster_of(values)))["head"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "hpsearch"
+
+
+# Allocatable of the node types the README creates (GKE's reservation formula: CPU 6% of
+# the first core, 1% of the next, 0.5% of the next 2, 0.25% above 4; memory 25% of the
+# first 4 GiB, 20% of the next 4, 10% of the next 8, 6% up to 128, 2% above, plus 100 MiB
+# eviction threshold; GPU nodes from GKE's docs for g2-standard-8). GKE's own DaemonSets
+# (kube-proxy, logging, metadata server, GPU device plugin) take their share, so a pod
+# must leave DAEMONSET_RESERVE free.
+NODE_ALLOCATABLE = {  # cpu, GiB
+    "e2-standard-8": (7.91, 28.3),
+    "g2-standard-8": (7.9, 26.0),
+    "ct6e-standard-4t": (179.48, 650.0),
+}
+DAEMONSET_RESERVE = (0.5, 1.5)
+
+
+def quantity(value: str) -> float:
+    """cpu cores or memory GiB of a Kubernetes quantity."""
+    units = {"m": 1e-3, "Ki": 2**-20, "Mi": 2**-10, "Gi": 1.0, "Ti": 1024.0}
+    for suffix, factor in units.items():
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * factor
+    return float(value)
+
+
+def scenario_nodes(path: Path) -> dict[str, str]:
+    import re
+
+    (line,) = [l for l in path.read_text().splitlines() if l.startswith("# nodes:")]
+    return dict(re.findall(r"(\S+)=(\S+)", line))
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name)
+def test_every_pod_fits_the_node_type_the_readme_creates_for_it(path):
+    nodes = scenario_nodes(path)
+    readme = (REPO / "README.md").read_text()
+    for name, template in pod_templates(cluster_of(yaml.safe_load(path.read_text()))):
+        node = nodes[name]  # the file names a node type for the head and every group
+        assert node in NODE_ALLOCATABLE and f"--machine-type {node}" in readme, (name, node)
+        cpu, memory = NODE_ALLOCATABLE[node]
+        requests = template["spec"]["containers"][0]["resources"]["requests"]
+        assert quantity(requests["cpu"]) <= cpu - DAEMONSET_RESERVE[0], (path.name, name, requests)
+        assert quantity(requests["memory"].replace("G", "Gi") if requests["memory"].endswith("G") else requests["memory"]) \
+            <= memory - DAEMONSET_RESERVE[1], (path.name, name, requests)
+
+
+ESCAPE_HATCHES = {
+    "nodeSelector": {"cloud.google.com/gke-spot": "true"},
+    "tolerations": [{"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "cloud.google.com/reservation-name", "operator": "In", "values": ["r1"]}]}]}}},
+    "priorityClassName": "batch-low",
+    "podLabels": {"kueue.x-k8s.io/queue-name": "research"},
+    "podAnnotations": {"example.com/owner": "ml"},
+    "env": [{"name": "EXTRA", "value": "1"}],
+    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}}],
+    "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+}
+
+
+def test_escape_hatches_render_where_kubernetes_reads_them(crd_validators):
+    values = copy.deepcopy(yaml.safe_load((CHART / "ci" / "gpu-values.yaml").read_text()))
+    values["head"] = copy.deepcopy(ESCAPE_HATCHES)
+    values["workerGroups"]["gpu"].update(copy.deepcopy(ESCAPE_HATCHES))
+    values["imagePullSecrets"] = [{"name": "regcred"}]
+    helm.Chart.load(CHART).validate_schema(values)
+    cluster = cluster_of(values)
+    assert not list(crd_validators["RayCluster"].iter_errors(cluster))
+    for name, template in pod_templates(cluster):
+        if name == "cpu":
+            continue
+        pod, container = template["spec"], template["spec"]["containers"][0]
+        assert pod["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+        assert ESCAPE_HATCHES["tolerations"][0] in pod["tolerations"]
+        assert pod["affinity"] == ESCAPE_HATCHES["affinity"]
+        assert pod["priorityClassName"] == "batch-low"
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert template["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
+        assert template["metadata"]["annotations"]["example.com/owner"] == "ml"
+        assert {"name": "EXTRA", "value": "1"} in container["env"]
+        assert ESCAPE_HATCHES["volumes"][0] in pod["volumes"]
+        assert ESCAPE_HATCHES["volumeMounts"][0] in container["volumeMounts"]
+    gpu = dict(pod_templates(cluster))["gpu"]["spec"]
+    # the accelerator's own selector and toleration stay beside the user's
+    assert gpu["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-l4"
+    assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+
+
+def test_workers_have_their_own_service_account_with_workload_identity():
+    docs = render(yaml.safe_load((CHART / "ci" / "gpu-values.yaml").read_text()))
+    accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    assert set(accounts) == {"search-hpsearch", "search-hpsearch-worker"}
+    for account in accounts.values():
+        assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == \
+            "hpsearch@my-project.iam.gserviceaccount.com"
+    cluster = next(d for d in docs if d["kind"] == "RayCluster")
+    templates = dict(pod_templates(cluster))
+    assert templates.pop("head")["spec"]["serviceAccountName"] == "search-hpsearch"
+    assert {t["spec"]["serviceAccountName"] for t in templates.values()} == {"search-hpsearch-worker"}
+
+
+def test_the_head_is_protected_from_eviction():
+    head = dict(pod_templates(cluster_of({})))["head"]
+    assert head["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert not [d for d in render({}) if d["kind"] == "PodDisruptionBudget"]
+    (pdb,) = [d for d in render({"podDisruptionBudget": {"enabled": True}}) if d["kind"] == "PodDisruptionBudget"]
+    kubernetes_validate.validate(pdb, KUBE_VERSION, strict=True)
+    assert pdb["spec"]["maxUnavailable"] == 0
+    assert pdb["spec"]["selector"]["matchLabels"] == {"ray.io/cluster": "search-hpsearch", "ray.io/node-type": "head"}
+
+
+def test_autoscaler_v2_with_a_per_group_idle_timeout(crd_validators):
+    values = with_group("gpu", GPU_GROUP, idleTimeoutSeconds=30)
+    values["autoscaling"] = {"version": "v2"}
+    cluster = cluster_of(values)
+    assert cluster["spec"]["autoscalerOptions"]["version"] == "v2"
+    group = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert group["idleTimeoutSeconds"] == 30
+    assert not list(crd_validators["RayCluster"].iter_errors(cluster))
+    with pytest.raises(helm.HelmError, match="needs autoscaling.version v2"):
+        render(with_group("gpu", GPU_GROUP, idleTimeoutSeconds=30))
+
+
+def test_gcs_fault_tolerance_through_redis(crd_validators):
+    values = {"gcsFaultTolerance": {"enabled": True, "redisAddress": "redis.ml.svc:6379",
+                                    "redisPasswordSecret": {"name": "redis", "key": "password"}}}
+    cluster = cluster_of(values)
+    options = cluster["spec"]["gcsFaultToleranceOptions"]
+    assert options["redisAddress"] == "redis.ml.svc:6379"
+    assert options["redisPassword"] == {"valueFrom": {"secretKeyRef": {"name": "redis", "key": "password"}}}
+    assert not list(crd_validators["RayCluster"].iter_errors(cluster))
+    assert "gcsFaultToleranceOptions" not in cluster_of({})["spec"]
+    with pytest.raises(helm.HelmError, match="redisAddress is required"):
+        render({"gcsFaultTolerance": {"enabled": True}})
+
+
+def test_no_scenario_ships_a_job_it_cannot_run():
+    for path in SCENARIOS:
+        kinds = {d["kind"] for d in render(yaml.safe_load(path.read_text()))}
+        assert "RayJob" not in kinds, path.name

@@ -187,3 +187,17 @@ def test_unfreeze_fraction_is_fixed_unless_the_space_declares_a_range(tmp_path):
     assert "unfreeze_fraction" in rows_table([]).column_names
     with pytest.raises(ConfigError, match="space.unfreeze_fraction.low"):
         load_config(write(tmp_path, "space: {unfreeze_fraction: {low: 0.0, high: 1.0}}"))
+
+
+def test_storage_defaults_to_the_chart_s_bucket_then_a_local_directory(tmp_path, monkeypatch):
+    path = write(tmp_path, "search: {name: s}")
+    monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
+    assert load_config(path).storage.path == "./experiments"
+    monkeypatch.setenv("HPSEARCH_STORAGE", "gs://bucket/experiments")
+    assert load_config(path).storage.path == "gs://bucket/experiments"
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("storage: {path: /data/exp}\n")
+    assert load_config(explicit).storage.path == "/data/exp"  # the config wins
+    monkeypatch.setenv("HPSEARCH_STORAGE", "s3://bucket/x")
+    with pytest.raises(ConfigError, match="storage.path"):
+        load_config(path)

@@ -21,9 +21,14 @@ class Backbone:
         native_resolution: the side in pixels it was pretrained at; the model resizes its
             input to this unless ``data.image_size`` overrides it.
         build: constructs it; imports Keras only when called.
+        imagenet_file: the file of its pretrained (ImageNet, no top) weights, as the
+            family's loader names it; None when the family has none.
+        imagenet_url: where that file is published.
     """
 
     name: str
     family: str
     native_resolution: int
     build: BuildFn
+    imagenet_file: str | None = None
+    imagenet_url: str | None = None

@@ -27,6 +27,13 @@ def _build(name: str, weights, input_shape):
     return constructor(include_top=False, weights=weights, input_shape=input_shape)
 
 
+# keras.applications publishes its ImageNet weights here, one file per size (the
+# "_notop" files are the backbones without the classification top).
+WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/"
+
 BACKBONES = tuple(
-    Backbone(name, "efficientnet", side, functools.partial(_build, name)) for name, side in NATIVE_RESOLUTION.items()
+    Backbone(name, "efficientnet", side, functools.partial(_build, name),
+             imagenet_file=f"efficientnet{name.lower()}_notop.h5",
+             imagenet_url=f"{WEIGHTS_URL}efficientnet{name.lower()}_notop.h5")
+    for name, side in NATIVE_RESOLUTION.items()
 )

@@ -41,6 +41,45 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The workers' own ServiceAccount: KubeRay binds the autoscaler's Role (patch pods)
+to the head's, so trial code on workers must not share it. */}}
+{{- define "hpsearch.workerServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- printf "%s-worker" (include "hpsearch.serviceAccountName" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.workerName }}
+{{- end }}
+{{- end }}
+
+{{/* Pod labels. app.kubernetes.io/name is left to KubeRay, which sets it to "kuberay":
+GKE's TPU webhook only mutates pods with that label (it injects TPU_WORKER_ID and
+TPU_WORKER_HOSTNAMES on multi-host slices). */}}
+{{- define "hpsearch.podLabels" -}}
+{{- $root := index . 0 }}{{- $component := index . 1 }}{{- $extra := index . 2 }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/part-of: {{ include "hpsearch.name" $root }}
+app.kubernetes.io/component: {{ $component }}
+{{- with $extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Kubernetes' own scheduling fields a pod takes from its values (head or a group). */}}
+{{- define "hpsearch.podScheduling" -}}
+{{- $root := index . 0 }}{{- $pod := index . 1 }}
+{{- with $pod.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $pod.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
 {{/* The image for an accelerator kind: repository:tag-<kind> (see the Dockerfile). */}}
 {{- define "hpsearch.image" -}}
 {{- $root := index . 0 }}{{- $kind := index . 1 }}

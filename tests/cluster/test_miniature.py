@@ -1,0 +1,218 @@
+"""The GKE path in miniature: the chart's CPU scenario as Ray nodes on 127.0.0.1.
+
+The chart is rendered with Helm's engine; the head starts with the head group's
+rayStartParams (no CPUs for trials) and two worker nodes with the worker group's
+(CPUs scaled to fit this 2-core machine), token authentication on, fake-gcs-server as
+the bucket and HPSEARCH_STORAGE set as the chart sets it in every pod. The search is
+submitted with the README's own `ray job submit` line, stopped with `ray job stop`
+mid-search and resubmitted with --resume; the finished experiment is read from outside
+the cluster with `hpsearch ensemble` and `hpsearch report`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from support import create_bucket, start_fake_gcs
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+BUCKET_PATH = "gs://hpsearch-test/experiments"
+CONFIG = """
+data: {dataset: digits, image_size: 32, max_train_examples: 96}
+space:
+  backbones: [B0]
+  warmup_epochs: {low: 0, high: 1}
+  max_lr: {low: 0.01, high: 0.02, log: true}
+recipe: {weights: none, flip: false, batch_size: 32, head_epochs: 0, flat_epochs: 1, cooldown_epochs: 1}
+search: {name: miniature, num_trials: 4, max_concurrent_trials: 2, seed: 5, grace_epochs: 1}
+resources: {strategy: single, cpus_per_worker: 1}
+"""  # no storage.path: HPSEARCH_STORAGE, as the chart sets it, decides
+
+
+def rendered_cluster() -> dict:
+    import helm_python as helm
+
+    values = yaml.safe_load((REPO / "helm" / "hpsearch" / "ci" / "cpu-values.yaml").read_text())
+    values["storage"] = {"bucket": BUCKET_PATH}
+    rendered = helm.Chart.load(REPO / "helm" / "hpsearch").render(values, name="search", namespace="ml")
+    return next(d for path, text in rendered.items() if path.endswith(".yaml")
+                for d in yaml.safe_load_all(text) if d and d["kind"] == "RayCluster")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_params(params: dict) -> list[str]:
+    return [f"--{key}={value}" for key, value in params.items() if key != "dashboard-host"]
+
+
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
+    """Head + 2 workers shaped like the chart's CPU scenario; yields (address, env)."""
+    cluster = rendered_cluster()
+    head_spec = cluster["spec"]["headGroupSpec"]
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    pod_env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+    assert head_spec["rayStartParams"]["num-cpus"] == "0" and group["replicas"] == 2
+
+    server, endpoint = start_fake_gcs(tmp_path_factory.mktemp("gcs") / "fake-gcs.log")
+    create_bucket(endpoint, "hpsearch-test")
+    env = {**os.environ, **pod_env, "PATH": f"{BIN}:{os.environ['PATH']}", "HPSEARCH_GCS_ENDPOINT": endpoint,
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    gcs_port, dashboard_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="raymini-", dir="/tmp")
+    common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    processes = [subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+         *start_params(head_spec["rayStartParams"]), *common],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    # the worker group's pods: 2 CPUs each in the chart, 1 each here (2 cores in all)
+    worker_cpus = max(1, int(float(group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])) // 2)
+    try:
+        wait_for(lambda: ray_status_nodes(env, gcs_port) >= 1, 120, "the head")
+        for _ in range(group["replicas"]):
+            processes.append(subprocess.Popen(
+                [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--num-cpus={worker_cpus}",
+                 *start_params(group["rayStartParams"]), *common],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        wait_for(lambda: ray_status_nodes(env, gcs_port) >= 3, 120, "two worker nodes")
+        yield f"http://127.0.0.1:{dashboard_port}", env, gcs_port
+    finally:
+        for process in reversed(processes):
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(process.pid, signal.SIGKILL)
+        server.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for(condition, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(1)
+    pytest.fail(f"{what} did not come up within {timeout_s} s")
+
+
+def ray_status_nodes(env, gcs_port) -> int:
+    code = ("import ray; ray.init(address='127.0.0.1:%d', logging_level='ERROR'); "
+            "print(sum(n['Alive'] for n in ray.nodes()))" % gcs_port)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else 0
+
+
+def readme_submit_line() -> str:
+    readme = (REPO / "README.md").read_text()
+    return next(l.strip() for l in readme.splitlines() if l.strip().startswith("ray job submit --address"))
+
+
+def job_status(address, env, job_id) -> str:
+    done = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env,
+                          capture_output=True, text=True, timeout=60)
+    match = re.search(r"Status for job '[^']+': (\w+)", done.stdout + done.stderr)
+    return match.group(1) if match else "UNKNOWN"
+
+
+def gcs_files():
+    from trainables.storage import resolve
+
+    location = resolve(BUCKET_PATH)
+    return location, location.filesystem
+
+
+def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_path):
+    address, env, gcs_port = miniature
+    project = tmp_path / "project"
+    for name in ("search", "trainables", "cluster", "configs"):
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "configs" / "miniature.yaml").write_text(CONFIG)
+    line = readme_submit_line().replace("http://localhost:8265", address)
+    line = line.replace("configs/cifar10.yaml", "configs/miniature.yaml").replace("ray job submit", "ray job submit --no-wait", 1)
+    assert line != readme_submit_line()
+
+    # 1. submit, and stop the job once a trial has finished (mid-search)
+    first = subprocess.run(["bash", "-c", line], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    job_id = re.search(r"Job '([^']+)' submitted successfully", first.stdout + first.stderr).group(1)
+    deadline = time.monotonic() + 600
+    logs = ""
+    while " completed after " not in logs and time.monotonic() < deadline:
+        time.sleep(2)
+        logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env,
+                              capture_output=True, text=True, timeout=60).stdout
+        assert job_status(address, env, job_id) in ("PENDING", "RUNNING"), logs[-3000:]
+    finished_before = set(re.findall(r"Trial (\S+) completed after", logs))
+    assert finished_before, logs[-3000:]
+    subprocess.run([str(BIN / "ray"), "job", "stop", "--address", address, job_id], env=env,
+                   capture_output=True, text=True, timeout=120)
+    wait_for(lambda: job_status(address, env, job_id) == "STOPPED", 120, "the stopped job")
+
+    # 2. resubmit with --resume: the same line, with the flag after the command
+    resumed = subprocess.run(["bash", "-c", line.replace("--no-wait ", "") + " --resume"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    assert "best validation accuracy:" in resumed.stdout + resumed.stderr
+
+    # 3. what the bucket holds: every trial once, finished, its epochs each once
+    location, fs = gcs_files()
+    experiment = location.join("miniature")
+    rows = pq.read_table(f"{experiment}/trials.parquet", filesystem=fs).to_pylist()
+    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows), rows
+    assert {f"run_trial_{r['trial_id']}" for r in rows} >= finished_before  # nothing lost
+    history = pq.read_table(f"{experiment}/history.parquet", filesystem=fs).to_pandas()
+    for trial_id, epochs in history.groupby("trial_id")["epoch"]:
+        assert sorted(epochs) == list(range(1, len(epochs) + 1)), (trial_id, list(epochs))  # none run twice
+    for row in rows:
+        assert fs.get_file_info(f"{row['best_checkpoint']}/model.keras").is_file, row
+    checkpoints = [i for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(experiment, recursive=True))
+                   if i.base_name == "model.keras"]
+    assert len(checkpoints) >= 4
+
+    # 4. every trial ran on a worker node, none on the head (Ray's state API, with the token)
+    code = (
+        "import json, ray; from ray.util.state import list_actors, list_nodes\n"
+        f"ray.init(address='127.0.0.1:{gcs_port}', logging_level='ERROR')\n"
+        "head = {n.node_id for n in list_nodes() if n.is_head_node}\n"
+        "trials = [a.node_id for a in list_actors(filters=[('class_name', '=', 'ImplicitFunc')], limit=1000)]\n"
+        "print(json.dumps({'head': sorted(head), 'trials': trials}))"
+    )
+    placed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    placement = json.loads(placed.stdout.strip().splitlines()[-1])
+    assert len(placement["trials"]) >= 4 and not set(placement["trials"]) & set(placement["head"]), placement
+
+    # 5. from outside the cluster: the ensemble and the report straight from the bucket
+    outside = {**os.environ, "HPSEARCH_GCS_ENDPOINT": env["HPSEARCH_GCS_ENDPOINT"]}
+    for command in (["ensemble", f"{BUCKET_PATH}/miniature", "--top-k", "2", "--tta", "2"],
+                    ["report", f"{BUCKET_PATH}/miniature"]):
+        done = subprocess.run([sys.executable, "-m", "search", *command], env=outside, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert fs.get_file_info(f"{experiment}/report/index.html").is_file
+    assert fs.get_file_info(f"{experiment}/ensemble/ensemble.keras").is_file
