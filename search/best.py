@@ -20,10 +20,10 @@ from trainables.checkpoint import STATE_FILE
 from trainables.storage import Location, resolve
 
 BEST_DIR = "best"
-# Checkpoints Tune (and Ray Train) keep per trial: the latest ones. Tune forces an
-# experiment snapshot once a trial has written this many since the last one, and
-# hpsearch snapshots after every step (search.run), so the snapshot on storage never
-# names a deleted checkpoint.
+# Checkpoints Tune (and Ray Train) keep per trial: the latest ones, by time. The
+# checkpoint Tune's last experiment snapshot names as a trial's latest is deleted only
+# once this many newer ones exist, and Tune forces a snapshot as soon as a trial has
+# written this many since the last one (ray/tune/execution/experiment_state.py).
 KEEP_LATEST = 3
 METRIC = "val_accuracy"
 

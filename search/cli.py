@@ -242,7 +242,11 @@ def _experiment(uri: str):
     parent, _, name = uri.rpartition("/")
     if not name:
         raise UsageError(f"not an experiment directory: {uri!r}")
-    return resolve(parent or "."), name
+    location = resolve(parent or ".")
+    if not location.exists(location.join(name)):
+        raise UsageError(f"no experiment at {uri}: pass the directory `hpsearch run` wrote "
+                         "(storage.path/search.name)")
+    return location, name
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:

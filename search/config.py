@@ -219,7 +219,10 @@ def load_config(path: str | Path) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError("", f"YAML syntax error in {path}{where}: {problem}") from None
-    return config_from_dict({} if raw is None else raw)
+    if raw is None:  # an empty file is more likely a mistake than a wish for defaults
+        raise ConfigError("", f"{path} is empty: give at least one section (e.g. `search: {{name: my-search}}`), "
+                              "or leave out --config for the offline default")
+    return config_from_dict(raw)
 
 
 def config_from_dict(raw: Any) -> Config:

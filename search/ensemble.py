@@ -129,16 +129,18 @@ def read_candidates(location: Location, experiment: str) -> list[Candidate]:
     return sorted(candidates, key=lambda c: c.best_val_accuracy, reverse=True)
 
 
-def _local_copy(location: Location, checkpoint: str, scratch: Path) -> Path:
-    """A local directory with the checkpoint (copied from gs:// when needed)."""
-    if location.uri.startswith("gs://"):
-        import pyarrow.fs as pafs
+def _local_copy(location: Location, checkpoint: str, scratch: Path, trial_id: str) -> Path:
+    """A local directory with the checkpoint (copied from remote storage when needed)."""
+    if not location.is_remote:
+        return Path(checkpoint)
+    import pyarrow.fs as pafs
 
-        target = scratch / Path(checkpoint).name
-        pafs.copy_files(checkpoint, str(target), source_filesystem=location.filesystem,
-                        destination_filesystem=pafs.LocalFileSystem())
-        return target
-    return Path(checkpoint)
+    # one directory per trial: the kept bests of two trials may share a name (epoch_0002)
+    target = scratch / trial_id
+    target.mkdir(parents=True, exist_ok=True)  # copy_files writes files, not their folder
+    pafs.copy_files(checkpoint, str(target), source_filesystem=location.filesystem,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return target
 
 
 def load_members(location: Location, candidates: list[Candidate], limit: int, scratch: Path) -> list[Member]:
@@ -151,7 +153,7 @@ def load_members(location: Location, candidates: list[Candidate], limit: int, sc
         if len(members) == limit:
             break
         try:
-            directory = _local_copy(location, candidate.checkpoint, scratch)
+            directory = _local_copy(location, candidate.checkpoint, scratch, candidate.trial_id)
             model = ckpt.load_model(directory)
             spec = ckpt.read_state(directory).spec
         except Exception as exc:  # any unreadable checkpoint: skip it, keep the others

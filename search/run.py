@@ -193,7 +193,6 @@ def build_tuner(
     Tune callbacks (the benchmarks time trials with them).
     """
     _bound_trial_cleanup(config)
-    _snapshot_every_step()
     return tune.Tuner(
         trainable or make_trainable(config, location),
         param_space=param_space(config.space),
@@ -228,16 +227,6 @@ def _bound_trial_cleanup(config: Config) -> None:
         os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))
 
 
-def _snapshot_every_step() -> None:
-    """Save Tune's experiment state at every controller step instead of every ~10 s.
-
-    A resumed search restores each trial from the checkpoint the last snapshot names; a
-    fresh snapshot per step keeps that checkpoint among the KEEP_LATEST that Tune keeps.
-    Read by Tune's controller when the Tuner starts; an explicit setting wins.
-    """
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-
-
 def experiment_path(config: Config, location: Location) -> str:
     """The experiment directory as Tune names it (storage root / search name)."""
     return f"{location.uri}/{config.search.name}"
@@ -247,7 +236,6 @@ def restore_tuner(config: Config, location: Location, *, trainable: Callable | N
     """Resume an interrupted search: unfinished and errored trials carry on from their
     last checkpoints, finished trials are kept, and the searcher resumes its state."""
     _bound_trial_cleanup(config)
-    _snapshot_every_step()
     return tune.Tuner.restore(
         # with an explicit filesystem, Tune takes the path inside it (bucket/key for GCS)
         location.join(config.search.name),

@@ -83,31 +83,34 @@ def miniature(tmp_path_factory):
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     gcs_port, dashboard_port = free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="raymini-", dir="/tmp")
+    temp_dir = tempfile.mkdtemp(prefix="raymini-", dir="/tmp")  # short: Ray's socket paths must fit
     common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     processes = [subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--include-dashboard=true",
          *start_params(head_spec["rayStartParams"]), *common],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+        env=env, stdout=open(f"{temp_dir}-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)]
     # the worker group's pods: 2 CPUs each in the chart, 1 each here (2 cores in all)
     worker_cpus = max(1, int(float(group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])) // 2)
     try:
         wait_for(lambda: ray_status_nodes(env, gcs_port) >= 1, 120, "the head")
-        for _ in range(group["replicas"]):
+        for replica in range(group["replicas"]):  # one at a time: each registers before the next starts
             processes.append(subprocess.Popen(
                 [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--num-cpus={worker_cpus}",
                  *start_params(group["rayStartParams"]), *common],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_for(lambda: ray_status_nodes(env, gcs_port) >= 3, 120, "two worker nodes")
+                env=env, stdout=open(f"{temp_dir}-worker{len(processes)}.log", "w"), stderr=subprocess.STDOUT,
+                start_new_session=True))
+            wait_for(lambda: ray_status_nodes(env, gcs_port) >= replica + 2, 180, f"worker node {replica + 1}")
         yield f"http://127.0.0.1:{dashboard_port}", env, gcs_port
     finally:
-        for process in reversed(processes):
+        for process in processes:  # all at once: each node drains for up to 30 s
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
             try:
-                os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=60)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         server.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -134,10 +137,11 @@ def readme_submit_line() -> str:
 
 
 def job_status(address, env, job_id) -> str:
-    done = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env,
-                          capture_output=True, text=True, timeout=60)
-    match = re.search(r"Status for job '[^']+': (\w+)", done.stdout + done.stderr)
-    return match.group(1) if match else "UNKNOWN"
+    """The job's status through Ray's job SDK, with the cluster's token."""
+    code = ("from ray.job_submission import JobSubmissionClient; "
+            f"print(JobSubmissionClient({address!r}).get_job_status({job_id!r}).value)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    return done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else "UNKNOWN"
 
 
 def gcs_files():
@@ -147,8 +151,9 @@ def gcs_files():
     return location, location.filesystem
 
 
-def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_path):
+def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_path, monkeypatch):
     address, env, gcs_port = miniature
+    monkeypatch.setenv("HPSEARCH_GCS_ENDPOINT", env["HPSEARCH_GCS_ENDPOINT"])  # this process reads the bucket too
     project = tmp_path / "project"
     for name in ("search", "trainables", "cluster", "configs"):
         shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -170,9 +175,13 @@ def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_p
         assert job_status(address, env, job_id) in ("PENDING", "RUNNING"), logs[-3000:]
     finished_before = set(re.findall(r"Trial (\S+) completed after", logs))
     assert finished_before, logs[-3000:]
-    subprocess.run([str(BIN / "ray"), "job", "stop", "--address", address, job_id], env=env,
-                   capture_output=True, text=True, timeout=120)
-    wait_for(lambda: job_status(address, env, job_id) == "STOPPED", 120, "the stopped job")
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", address, job_id], env=env,
+                          capture_output=True, text=True, timeout=120)
+    deadline, status = time.monotonic() + 120, None
+    while status != "STOPPED" and time.monotonic() < deadline:
+        status = job_status(address, env, job_id)
+        time.sleep(1)
+    assert status == "STOPPED", (status, stop.stdout[-1000:], stop.stderr[-1000:])
 
     # 2. resubmit with --resume: the same line, with the flag after the command
     resumed = subprocess.run(["bash", "-c", line.replace("--no-wait ", "") + " --resume"], cwd=project, env=env,

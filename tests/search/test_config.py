@@ -28,8 +28,10 @@ def test_shipped_configs_load(path):
     assert config_from_dict(config_to_dict(config)) == config
 
 
-def test_empty_file_gives_defaults(tmp_path):
-    assert load_config(write(tmp_path, "")) == Config()
+def test_an_empty_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(write(tmp_path, ""))
+    assert load_config(write(tmp_path, "search: {}")) == Config()  # defaults: an explicit empty section
 
 
 def test_values_are_typed(tmp_path):

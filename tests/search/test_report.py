@@ -90,3 +90,14 @@ def test_unfinished_search_has_no_report(tmp_path):
     done = subprocess.run([sys.executable, "-m", "search", "report", str(tmp_path / "running")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "has not finished" in done.stderr
+
+
+def test_a_path_with_no_experiment_is_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    for command in ("report", "ensemble"):
+        done = subprocess.run([sys.executable, "-m", "search", command, str(tmp_path / "absent")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert f"no experiment at {tmp_path / 'absent'}" in done.stderr and "Traceback" not in done.stderr
