@@ -47,6 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_writable(location)
     # Trials run in directories of their own: from here on the storage path is absolute.
     config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, path=location.uri))
+    from trainables.data import check_available
+
+    check_available(config.data.dataset)  # a data set no trial could read stops the search here
     if config.recipe.weights == "imagenet":  # before any trial: one fetch, not one per trial
         from search.config import space_value
         from search.weights import stage_imagenet_weights

@@ -19,6 +19,7 @@ The validation split is carved from the training split with the configured seed.
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class DataSource:
             of remote storage).
         train_val: (dataset, validation fraction, seed, (workers, index)) -> the splits.
         test: dataset -> the test split.
+        check: dataset -> None, raising InputError when the data cannot be read; cheap,
+            so the driver runs it before any trial (a failure every trial would repeat).
     """
 
     name: str
@@ -56,6 +59,7 @@ class DataSource:
     matches: Callable[[str], bool]
     train_val: Callable[[str, float, int, tuple[int, int]], TrainVal]
     test: Callable[[str], Split]
+    check: Callable[[str], None] = lambda dataset: None
 
 
 def _carved(load: Callable[[str, bool], tuple[Split, int]]):
@@ -128,16 +132,47 @@ def _staged_test(dataset: str) -> Split:
     return staged.read_split(*staged.open_staged(dataset), "test")
 
 
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # keras.datasets.cifar10's origin
+
+
+def _check_cifar10(_: str) -> None:
+    """Keras's cached copy, or its download address reachable from here."""
+    import urllib.error
+    import urllib.request
+
+    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    if any(cache.glob("cifar-10-batches-py*/**/data_batch_1")):
+        return
+    try:
+        urllib.request.urlopen(urllib.request.Request(CIFAR10_URL, method="HEAD"), timeout=10).close()
+    except (OSError, urllib.error.URLError) as exc:
+        raise InputError(
+            f"data.dataset cifar10: not in Keras's cache and {CIFAR10_URL} cannot be reached "
+            f"({getattr(exc, 'reason', exc)}). Stage it once where it can be downloaded (`hpsearch data stage "
+            "--dataset cifar10 --to gs://BUCKET/data/cifar10`) and use that URI, or point data.dataset at an "
+            "unpacked CIFAR-10 directory") from None
+
+
+def _check_cifar_directory(dataset: str) -> None:
+    root = Path(dataset)
+    if not root.is_dir():
+        raise InputError(f"data.dataset: no such directory: {root}")
+    if not any(root.glob("data_batch_*")) or not (root / "test_batch").is_file():
+        raise InputError(f"data.dataset: {root} has no data_batch_* and test_batch files (the CIFAR python layout)")
+
+
 def _looks_like_path(value: str) -> bool:
     return "/" in value or value.startswith(".")
 
 
 SOURCES: tuple[DataSource, ...] = (
-    DataSource("staged", False, staged.is_staged_uri, _staged_train_val, _staged_test),
+    DataSource("staged", False, staged.is_staged_uri, _staged_train_val, _staged_test,
+               check=lambda d: staged.open_staged(d) and None),
     DataSource("digits", True, lambda d: d == "digits", _carved(_digits), lambda d: _digits(d, True)[0]),
-    DataSource("cifar10", True, lambda d: d == "cifar10", _carved(_cifar10), lambda d: _cifar10(d, True)[0]),
+    DataSource("cifar10", True, lambda d: d == "cifar10", _carved(_cifar10), lambda d: _cifar10(d, True)[0],
+               check=_check_cifar10),
     DataSource("cifar-directory", False, lambda d: _looks_like_path(d) and "://" not in d,
-               _carved(_cifar_directory), lambda d: _cifar_directory(d, True)[0]),
+               _carved(_cifar_directory), lambda d: _cifar_directory(d, True)[0], check=_check_cifar_directory),
 )
 NAMED_SOURCES: tuple[str, ...] = tuple(s.name for s in SOURCES if s.named)
 
@@ -193,6 +228,11 @@ def load_train_val(
 def load_configured(data: DataConfig, *, shard: tuple[int, int] = (1, 0)) -> TrainVal:
     """:func:`load_train_val` for a config's (or a trial spec's) ``data`` section."""
     return load_train_val(data.dataset, data.validation_fraction, data.seed, data.max_train_examples, shard=shard)
+
+
+def check_available(dataset: str) -> None:
+    """Raise InputError when the data set cannot be read (run once, before any trial)."""
+    _source(dataset).check(dataset)
 
 
 def load_test(dataset: str) -> Split:

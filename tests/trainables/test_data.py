@@ -1,5 +1,7 @@
 """Data sources and splits: digits (shipped with scikit-learn) and CIFAR batch directories."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,10 @@ def _prepare(name: str, tmp_path, monkeypatch) -> str:
             return (train.images, train.labels[:, None]), (test.images, test.labels[:, None])
 
         monkeypatch.setattr(keras.datasets.cifar10, "load_data", load_data)
+        # and Keras's cache holds the set, as after a first download (what the check sees)
+        cached = tmp_path / "keras" / "datasets" / "cifar-10-batches-py-target" / "cifar-10-batches-py"
+        shutil.copytree(root, cached)
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
         return "cifar10"
     raise AssertionError(f"no fixture for data source {name!r}: add one here")
 
@@ -136,3 +142,28 @@ def test_an_unknown_dataset_names_the_accepted_ones():
     assert find_source("mnist") is None
     with pytest.raises(InputError, match="data.dataset must be one of digits, cifar10"):
         load_train_val("mnist", 0.2, seed=0)
+
+
+def test_each_source_checks_its_data_cheaply_before_any_trial(source_dataset):
+    from trainables.data import check_available
+
+    check_available(source_dataset[1])  # prepared: readable
+
+
+@pytest.mark.parametrize(("dataset", "message"), [
+    ("/nonexistent/cifar", "no such directory"),
+    ("cifar10", "not in Keras's cache and https://www.cs.toronto.edu"),
+])
+def test_unreadable_data_is_bad_input_before_any_trial(dataset, message, tmp_path, monkeypatch):
+    from trainables.data import check_available
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras"))  # no cached CIFAR-10; offline here
+    with pytest.raises(InputError, match=message):
+        check_available(dataset)
+
+
+def test_a_staging_that_never_finished_is_bad_input(fake_gcs):
+    from trainables.data import check_available
+
+    with pytest.raises(InputError, match="no manifest.json"):
+        check_available("gs://hpsearch-test/never-staged")
