@@ -50,11 +50,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trainables.data import check_available
 
     check_available(config.data.dataset)  # a data set no trial could read stops the search here
-    if config.recipe.weights == "imagenet":  # before any trial: one fetch, not one per trial
-        from search.config import space_value
-        from search.weights import stage_imagenet_weights
-
-        stage_imagenet_weights(location.uri, space_value(config.space, "backbone"))
 
     import ray
     from ray import tune
@@ -87,6 +82,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         _check_storage_on_every_node(location)
         _check_resources(config)
+        if config.recipe.weights == "imagenet":  # before any trial: one fetch, not one per trial
+            from search.config import space_value
+            from search.weights import stage_imagenet_weights
+
+            stage_imagenet_weights(location.uri, space_value(config.space, "backbone"))
         if args.resume:
             tuner = search_run.restore_tuner(config, location)
         else:
