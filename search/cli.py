@@ -115,7 +115,7 @@ def _check_plan(config: Config) -> list:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print how each backbone's trials will run, and exit 2 if one cannot fit."""
-    from search.plan import make_plan, table_markdown, unfit
+    from search.plan import make_plan, table_markdown
 
     config = load_config(args.config or DEFAULT_CONFIG)
     plans = make_plan(config)

@@ -385,7 +385,7 @@ def _check_rules(config: Config) -> None:
 def _check_shapes(config: Config) -> None:
     """Every backbone's shape, each error naming the backbone's override when it has one."""
     res = config.resources
-    for i, name in enumerate(res.backbones):
+    for name in res.backbones:
         if name not in config.space.backbones:
             raise ConfigError(f"resources.backbones.{name}",
                               f"is not one of space.backbones ({', '.join(config.space.backbones)})")

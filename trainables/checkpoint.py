@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from trainables.spec import TrialSpec
+
+if TYPE_CHECKING:  # Keras starts TensorFlow: imported where a model is loaded
+    import keras
 
 MODEL_FILE = "model.keras"
 OPTIMIZER_FILE = "optimizer.npz"
@@ -64,6 +66,8 @@ def load_model(directory: Path) -> keras.Model:
     path = Path(directory) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in checkpoint {directory}")
+    import keras
+
     return keras.saving.load_model(path, compile=False)
 
 

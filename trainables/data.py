@@ -59,7 +59,7 @@ class DataSource:
     matches: Callable[[str], bool]
     train_val: Callable[[str, float, int, tuple[int, int]], TrainVal]
     test: Callable[[str], Split]
-    check: Callable[[str], None] = lambda dataset: None
+    check: Callable[[str], object] = lambda dataset: None
 
 
 def _carved(load: Callable[[str, bool], tuple[Split, int]]):
@@ -167,7 +167,7 @@ def _looks_like_path(value: str) -> bool:
 
 SOURCES: tuple[DataSource, ...] = (
     DataSource("staged", False, staged.is_staged_uri, _staged_train_val, _staged_test,
-               check=lambda d: staged.open_staged(d) and None),
+               check=staged.open_staged),
     DataSource("digits", True, lambda d: d == "digits", _carved(_digits), lambda d: _digits(d, True)[0]),
     DataSource("cifar10", True, lambda d: d == "cifar10", _carved(_cifar10), lambda d: _cifar10(d, True)[0],
                check=_check_cifar10),
