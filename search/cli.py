@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 the work failed (no trial reported a result, a checkpoint would
 not load), 2 bad input (config, storage, arguments), caught before Ray starts, 3 a search
-that finished with some trials in ERROR.
+that finished with some trials in ERROR, 130 / 143 a search stopped by SIGINT / SIGTERM
+(its state saved: ``--resume`` continues it).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import ray
     from ray import tune
 
+    from search import rounds
     from search import run as search_run
 
     experiment = search_run.experiment_path(config, location)
@@ -65,12 +67,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"a search already exists at {experiment}: pass --resume to continue it, "
             "or set search.name to start another"
         )
+    if args.resume:
+        _check_unchanged(config, location)
+        steps = rounds.next_steps(rounds.read(location, config.search.name), config.search.num_trials)
+    else:
+        _discard_leftovers(config, location)
+        steps = rounds.Steps(resume=None, add=rounds.Round(1, config.search.num_trials))
+    _record_config(config, location)
 
     log.info("search %s: %d trials, %d at a time, up to %d epochs each, storage %s",
              config.search.name, config.search.num_trials, config.search.max_concurrent_trials,
              config.max_epochs, experiment)
-    if not args.resume:
-        _record_config(config, location)
     started_here = not ray.is_initialized()
     if started_here:
         # Connects to a running cluster when RAY_ADDRESS is set (ray job submit sets it),
@@ -79,23 +86,67 @@ def cmd_run(args: argparse.Namespace) -> int:
             ray.init(logging_level=logging.WARNING)
         else:
             ray.init(logging_level=logging.WARNING, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
-    try:
-        _check_storage_on_every_node(location)
-        _check_resources(config)
-        if config.recipe.weights == "imagenet":  # before any trial: one fetch, not one per trial
-            from search.config import space_value
-            from search.weights import stage_imagenet_weights
+    from search.signals import GracefulStop, exit_code
 
-            stage_imagenet_weights(location.uri, space_value(config.space, "backbone"))
-        if args.resume:
-            tuner = search_run.restore_tuner(config, location)
-        else:
-            tuner = search_run.build_tuner(config, location)
-        grid = tuner.fit()
-        return _summarise(config, location, grid)
+    try:
+        with GracefulStop() as stop:
+            _check_storage_on_every_node(location)
+            _check_resources(config)
+            if config.recipe.weights == "imagenet":  # before any trial: one fetch, not one per trial
+                from search.config import space_value
+                from search.weights import stage_imagenet_weights
+
+                stage_imagenet_weights(location.uri, space_value(config.space, "backbone"))
+            grids = search_run.run_rounds(config, location, steps, stop)
+            if stop.stopped:
+                print(f"hpsearch: search stopped by {stop.name}; its state is saved. Resume with: "
+                      f"{_resume_command(args)}", file=sys.stderr)
+                return exit_code(stop.received)
+        return _summarise(config, location, search_run.all_results(config, location, grids))
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    import shlex
+
+    words = ["hpsearch", "run"]
+    if args.config:
+        words += ["--config", args.config]
+    if args.smoke_test:
+        words.append("--smoke-test")
+    return shlex.join([*words, "--resume"])
+
+
+def _check_unchanged(config: Config, location) -> None:
+    """A resumed search keeps its recipe and space: refuse a config that changes them."""
+    from search.config import RESUMABLE_FIELDS, resume_refusals
+    from search.results import CONFIG_JSON
+
+    path = location.join(config.search.name, CONFIG_JSON)
+    if not location.exists(path):
+        return
+    with location.filesystem.open_input_stream(path) as handle:
+        recorded = json.loads(handle.read())
+    current = json.loads(json.dumps(config_to_dict(config)))
+    refused = resume_refusals(recorded, current)
+    if refused:
+        raise UsageError(
+            f"--resume with a changed config: {'; '.join(refused)}. Only {' and '.join(RESUMABLE_FIELDS)} may "
+            "change when a search is resumed: restore the others, or set search.name to start a new search")
+
+
+def _discard_leftovers(config: Config, location) -> None:
+    """A search killed before Tune saved any state leaves files behind; a new search by
+    that name must not load its study or rounds."""
+    from search import rounds, study
+
+    for name in (study.STUDY_DB, rounds.ROUNDS_JSON):
+        path = location.join(config.search.name, name)
+        if location.exists(path):
+            location.filesystem.delete_file(path)
+    study.local_path(location, config.search.name).unlink(missing_ok=True)
 
 
 def _check_plan(config: Config) -> list:

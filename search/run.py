@@ -11,13 +11,14 @@ from typing import Any
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from search.config import Config
+from search import rounds, study
 from search.best import KEEP_LATEST, BestKeeper
 from search.plan import plan_backbone
 from search.resources import DRIVER_CPU, worker_bundle, worker_precision
 from search.space import param_space
+from search.study import StudySearch, UploadStudy
 from trainables import strategy as strategies
 from trainables.params import hyperparams_from
 from trainables.spec import TrialSpec
@@ -41,20 +42,24 @@ def trial_spec(config: Config, sampled: dict[str, Any]) -> TrialSpec:
                      weights_root=weights_root)
 
 
-def make_searcher(config: Config) -> OptunaSearch:
-    """Optuna TPE, seeded.
+def make_searcher(config: Config, location: Location, round_number: int = 1) -> StudySearch:
+    """Optuna TPE, seeded, over the search's study in ``study.db``.
 
     ``multivariate`` models the axes jointly (they interact: a bigger backbone wants a
     different peak rate). ``constant_liar`` makes concurrent suggestions avoid the points
-    of trials still running, instead of piling onto the same region.
+    of trials still running, instead of piling onto the same region. A later round
+    (search.rounds) loads the study its earlier rounds wrote, with a seed of its own so
+    it does not replay their random draws.
     """
     sampler = optuna.samplers.TPESampler(
-        seed=config.search.seed,
+        seed=config.search.seed + round_number - 1,
         n_startup_trials=config.search.startup_trials,
         multivariate=True,
         constant_liar=True,
     )
-    return OptunaSearch(metric=METRIC, mode=MODE, sampler=sampler)
+    path = study.fetch(location, config.search.name)
+    return StudySearch(metric=METRIC, mode=MODE, sampler=sampler, study_name=config.search.name,
+                       storage=optuna.storages.RDBStorage(study.storage_url(path)))
 
 
 def make_scheduler(config: Config) -> ASHAScheduler:
@@ -163,12 +168,13 @@ def trial_resources(config: Config) -> Callable[[dict[str, Any]], Any]:
     return resources
 
 
-def run_config(config: Config, location: Location, callbacks: list | None = None) -> tune.RunConfig:
+def run_config(config: Config, location: Location, callbacks: list | None = None, round_number: int = 1) -> tune.RunConfig:
+    storage, name = rounds.tune_location(location, config.search.name, round_number)
     return tune.RunConfig(
-        name=config.search.name,
-        callbacks=callbacks,
-        storage_path=location.root if location.is_remote else location.uri,
-        storage_filesystem=location.filesystem,
+        name=name,
+        callbacks=[*(callbacks or []), UploadStudy(location, config.search.name)],
+        storage_path=storage.root if storage.is_remote else storage.uri,
+        storage_filesystem=storage.filesystem,
         # The latest checkpoints by time, never ranked by score: a ranking may delete the
         # very checkpoint Tune's last experiment snapshot names as a trial's latest, and a
         # search resumed from that snapshot could then not restore the trial. The best
@@ -183,15 +189,18 @@ def build_tuner(
     config: Config,
     location: Location,
     *,
+    round_: rounds.Round | None = None,
     trainable: Callable | None = None,
     scheduler: Any = None,
     callbacks: list | None = None,
 ) -> tune.Tuner:
-    """A fresh Tuner for the config (see :func:`restore_tuner` to resume one).
+    """A fresh Tuner for one round of the search (default: round 1 with every trial);
+    see :func:`restore_tuner` to resume one.
 
     ``scheduler`` replaces ASHA (the benchmarks compare it with FIFO); ``callbacks`` are
     Tune callbacks (the benchmarks time trials with them).
     """
+    round_ = round_ or rounds.Round(1, config.search.num_trials)
     _bound_trial_cleanup(config)
     return tune.Tuner(
         trainable or make_trainable(config, location),
@@ -199,12 +208,12 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode=MODE,
-            search_alg=make_searcher(config),
+            search_alg=make_searcher(config, location, round_.number),
             scheduler=scheduler or make_scheduler(config),
-            num_samples=config.search.num_trials,
+            num_samples=round_.num_trials,
             max_concurrent_trials=config.search.max_concurrent_trials,
         ),
-        run_config=run_config(config, location, callbacks),
+        run_config=run_config(config, location, callbacks, round_.number),
     )
 
 
@@ -232,15 +241,71 @@ def experiment_path(config: Config, location: Location) -> str:
     return f"{location.uri}/{config.search.name}"
 
 
-def restore_tuner(config: Config, location: Location, *, trainable: Callable | None = None) -> tune.Tuner:
-    """Resume an interrupted search: unfinished and errored trials carry on from their
-    last checkpoints, finished trials are kept, and the searcher resumes its state."""
+def restore_tuner(config: Config, location: Location, *, round_number: int = 1,
+                  trainable: Callable | None = None) -> tune.Tuner:
+    """Resume an interrupted round: unfinished and errored trials carry on from their
+    last checkpoints, finished trials are kept, and the searcher resumes its state
+    (its study first brought down from storage)."""
     _bound_trial_cleanup(config)
+    study.fetch(location, config.search.name)
+    storage, name = rounds.tune_location(location, config.search.name, round_number)
     return tune.Tuner.restore(
         # with an explicit filesystem, Tune takes the path inside it (bucket/key for GCS)
-        location.join(config.search.name),
+        storage.join(name),
         trainable=trainable or make_trainable(config, location),
         resume_unfinished=True,
         resume_errored=True,
-        storage_filesystem=location.filesystem,
+        storage_filesystem=storage.filesystem,
     )
+
+
+def round_results(config: Config, location: Location, round_number: int, *,
+                  trainable: Callable | None = None) -> Any:
+    """The ResultGrid of a round that is not running now (read from its stored state)."""
+    storage, name = rounds.tune_location(location, config.search.name, round_number)
+    return tune.Tuner.restore(storage.join(name), trainable=trainable or make_trainable(config, location),
+                              storage_filesystem=storage.filesystem).get_results()
+
+
+def run_rounds(config: Config, location: Location, steps: rounds.Steps, stop: Any = None, *,
+               trainable: Callable | None = None, callbacks: list | None = None) -> dict[int, Any]:
+    """Finish the unfinished round, then start the new one (search.rounds).
+
+    Returns each round run here's ResultGrid by number. ``stop`` (search.signals) ends
+    the running round and starts no other. A round that ends with no trial in ERROR is
+    recorded finished, and the study's trials a killed driver left RUNNING are closed.
+    """
+    stopped = lambda: stop is not None and stop.stopped  # noqa: E731
+    grids = {}
+    for round_, fresh in ((steps.resume, False), (steps.add, True)):
+        if round_ is None or stopped():
+            continue
+        if fresh:
+            rounds.record(location, config.search.name, round_)
+            if round_.number > 1:
+                log.info("continuation: round %d adds %d trials", round_.number, round_.num_trials)
+            tuner = build_tuner(config, location, round_=round_, trainable=trainable, callbacks=callbacks)
+        else:
+            tuner = restore_tuner(config, location, round_number=round_.number, trainable=trainable)
+        grid = tuner.fit()
+        grids[round_.number] = grid
+        if not stopped():
+            closed = study.close_orphans(study.local_path(location, config.search.name), config.search.name)
+            if closed:
+                log.info("study: %d suggestions of an interrupted driver marked failed", closed)
+            study.upload(location, config.search.name)
+            if grid.num_errors == 0:
+                rounds.record(location, config.search.name, rounds.finished(round_))
+    return grids
+
+
+def all_results(config: Config, location: Location, grids: dict[int, Any], *,
+                trainable: Callable | None = None) -> list[Any]:
+    """Every trial of every round: the grids of rounds run here, the others read back."""
+    results = []
+    for round_ in rounds.read(location, config.search.name) or [rounds.Round(1, config.search.num_trials)]:
+        grid = grids.get(round_.number)
+        if grid is None:
+            grid = round_results(config, location, round_.number, trainable=trainable)
+        results.extend(grid)
+    return results

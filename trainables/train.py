@@ -268,6 +268,7 @@ def train_trial(
                 seen += batch_size
             metrics = {
                 "epoch": epoch + 1,
+                "planned_epochs": spec.total_epochs,
                 "phase": phase_name,
                 "lr": float(phase.optimizer.learning_rate.numpy()),
                 "train_loss": loss_sum / max(step + 1, 1),

@@ -8,7 +8,6 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-import pytest
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]

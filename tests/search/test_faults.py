@@ -1,8 +1,10 @@
-"""The search driver killed mid-search, then ``hpsearch run --resume`` finishing it from
-storage on a GCS emulator: no finished trial lost or run again, the configured number
-of trials in the end, and the tables a search writes.
+"""The search driver killed mid-search, then sent SIGTERM, and ``hpsearch run --resume``
+finishing it from storage on a GCS emulator: no finished trial lost or run again, the
+configured number of trials in the end, the tables a search writes, and a resume with a
+changed config refused.
 
-(A worker killed mid-trial is in test_distributed.py.)"""
+(Stand-in trials killed at chosen points are in test_resume.py; a worker killed
+mid-trial is in test_distributed.py.)"""
 
 from __future__ import annotations
 
@@ -27,7 +29,31 @@ def finished_trials(lines: list[str]) -> set[str]:
     return {line.split()[1] for line in lines if line.startswith("Trial ") and " completed after " in line}
 
 
-def test_killed_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_path, fake_gcs):
+def started_trials(lines: list[str]) -> int:
+    # Tune's progress output: "Trial run_trial_1a2b3c4d started with configuration:"
+    return sum(line.startswith("Trial ") and " started with configuration" in line for line in lines)
+
+
+def run_until(command: list[str], condition, timeout_s: float = 900) -> tuple[subprocess.Popen, list[str]]:
+    """Start the driver in a session of its own (with the local Ray it starts) and read
+    its output until ``condition(lines)``; returns the still running driver."""
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    lines: list[str] = []
+    # if the condition never holds, end the driver rather than wait on its output forever
+    watchdog = threading.Timer(timeout_s, os.killpg, (driver.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        for line in driver.stdout:
+            lines.append(line.strip())
+            if condition(lines):
+                break
+    finally:
+        watchdog.cancel()
+    return driver, lines
+
+
+def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_path, fake_gcs):
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({
         "data": {"dataset": "digits", "image_size": 32},
@@ -38,24 +64,27 @@ def test_killed_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_pat
     }))
     # --smoke-test: 2 trials of 2-3 tiny epochs (one at a time, as configured)
     command = [sys.executable, "-m", "search", "run", "--config", str(config), "--smoke-test"]
-    # Its own session, so the driver and the local Ray it started die together.
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    lines: list[str] = []
-    # if no trial ever finishes, end the driver rather than wait on its output forever
-    watchdog = threading.Timer(900, os.killpg, (driver.pid, signal.SIGKILL))
-    watchdog.start()
-    try:
-        for line in driver.stdout:
-            lines.append(line.strip())
-            if finished_trials(lines):
-                break
-    finally:
-        watchdog.cancel()
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    # SIGKILL: the driver and the local Ray it started die together, right after a trial ends
+    driver, lines = run_until(command, finished_trials)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
     finished_before = finished_trials(lines)
     assert len(finished_before) == 1, "\n".join(lines[-40:])
+
+    # SIGTERM (what Kubernetes sends a stopped RayJob) to the resumed driver once the
+    # second trial has started: Tune's graceful stop, one line, exit 143
+    driver, lines = run_until([*command, "--resume"], lambda lines: started_trials(lines) >= 1)
+    driver.send_signal(signal.SIGTERM)
+    try:
+        rest, _ = driver.communicate(timeout=300)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # whatever of its process group is left
+        driver.wait()
+    output = "\n".join(lines) + rest
+    assert driver.returncode == 143, output[-3000:]
+    assert "search stopped by SIGTERM; its state is saved. Resume with: hpsearch run --config " in output
+    assert f"{config} --smoke-test --resume" in output
+    assert "*** SIGTERM received" not in output  # Ray's native crash handler did not fire
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -86,3 +115,13 @@ def test_killed_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_pat
     # starting the same search again without --resume is refused, not mixed in
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+    # resuming with a changed recipe is refused, naming the field; more trials would be
+    # a continuation (test_resume.py), so it is not named
+    raw = json.loads(config.read_text())
+    raw["recipe"]["head_lr"] = 0.5
+    raw["search"]["num_trials"] = 5
+    config.write_text(json.dumps(raw))
+    changed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2, changed.stderr
+    assert "recipe.head_lr: 0.01 -> 0.5" in changed.stderr and "num_trials" not in changed.stderr.split(". Only")[0]

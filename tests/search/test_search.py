@@ -22,12 +22,14 @@ def test_space_declares_every_searched_axis():
     assert (space["cutout_count"].lower, space["cutout_count"].upper) == (0, 4)  # closed range [0, 3]
 
 
-def test_scheduler_and_searcher_settings():
+def test_scheduler_and_searcher_settings(tmp_path):
     config = Config()
     asha = make_scheduler(config)
     assert asha._time_attr == "epoch" and asha._max_t == config.max_epochs == 5 + 10 + 5 + 20
-    searcher = make_searcher(config)
+    searcher = make_searcher(config, resolve(str(tmp_path)))
     assert searcher._sampler._n_startup_trials == config.search.startup_trials
+    # the study lives in the experiment directory, where optuna-dashboard can read it
+    assert searcher._storage.url == f"sqlite:///{tmp_path / config.search.name / 'study.db'}"
 
 
 def quadratic_trial(config):

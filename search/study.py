@@ -1,0 +1,149 @@
+"""The search's trials as an Optuna study: ``study.db`` (SQLite) in the experiment directory.
+
+The searcher (Ray Tune's ``OptunaSearch``) keeps its study in this database instead of in
+memory, so:
+
+- every result is in Optuna's own format: the sampled parameters, each epoch's validation
+  accuracy as an intermediate value, and the trial's end (complete, pruned by ASHA, or
+  failed); ``optuna-dashboard sqlite:///<experiment>/study.db`` shows the search;
+- a continuation (``hpsearch run --resume`` with a larger ``search.num_trials``) is a new
+  Tune run whose searcher loads the same study, so TPE starts from every result already
+  measured, per-epoch values included.
+
+SQLite needs a local file. With local storage the database lives in the experiment
+directory; with gs:// it lives in a local working copy that is uploaded after each
+finished trial and at the end of the run, and downloaded before a resumed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from trainables.storage import Location
+
+log = logging.getLogger(__name__)
+
+STUDY_DB = "study.db"
+# Working copies of remote studies (SQLite cannot live on gs://).
+CACHE_ENV = "HPSEARCH_CACHE"
+
+
+def local_path(location: Location, experiment: str) -> Path:
+    """Where the driver keeps the study's SQLite file."""
+    if not location.is_remote:
+        return Path(location.join(experiment, STUDY_DB))
+    cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "hpsearch"))
+    key = hashlib.sha256(location.join(experiment).encode()).hexdigest()[:16]
+    return cache / "studies" / key / STUDY_DB
+
+
+def storage_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def fetch(location: Location, experiment: str) -> Path:
+    """The study's local file, brought down from remote storage when it is there (the
+    stored copy is the search's; a local copy may be from another machine's run)."""
+    path = local_path(location, experiment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if location.is_remote:
+        remote = location.join(experiment, STUDY_DB)
+        if location.exists(remote):
+            pafs.copy_files(remote, str(path), source_filesystem=location.filesystem,
+                            destination_filesystem=pafs.LocalFileSystem())
+        elif path.exists():
+            path.unlink()  # a stale copy of a search that no longer exists
+    return path
+
+
+def upload(location: Location, experiment: str) -> None:
+    """Copy the local study to remote storage (nothing to do for local storage)."""
+    if not location.is_remote:
+        return
+    path = local_path(location, experiment)
+    if path.exists():
+        pafs.copy_files(str(path), location.join(experiment, STUDY_DB), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=location.filesystem)
+
+
+class UploadStudy(tune.Callback):
+    """Uploads the study after each finished trial and when the run ends."""
+
+    def __init__(self, location: Location, experiment: str) -> None:
+        self.location = location
+        self.experiment = experiment
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        upload(self.location, self.experiment)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        upload(self.location, self.experiment)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        upload(self.location, self.experiment)
+
+
+# The metric trials report with each epoch: the epochs they would run unstopped.
+PLANNED_EPOCHS = "planned_epochs"
+
+
+class StudySearch(OptunaSearch):
+    """``OptunaSearch`` that keeps every epoch in the study and tells pruned from complete.
+
+    Tune hands the searcher each result except the one its scheduler stops the trial on
+    (the last epoch of every trial, since ASHA stops a trial at ``max_t`` too), and ends
+    the trial with that result either way. Here that last result is recorded as an
+    intermediate value as well, and a trial that stopped before its planned epochs is
+    PRUNED: Optuna's TPE then ranks it by the epoch it reached and its value there, the
+    way it treats trials its own pruners stop, instead of taking an accuracy cut short
+    at an early rung as a final one.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            # A resumed search trains again what its driver finished after Tune's last
+            # snapshot; the study already holds that trial's end.
+            log.debug("trial %s already finished in the study", trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        from optuna.trial import TrialState
+
+        if error or not result or self.metric not in result or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        self.on_trial_result(trial_id, result)
+        planned = result.get(PLANNED_EPOCHS)
+        if planned is None or result.get("epoch", planned) >= planned:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        except Exception as exc:  # e.g. already told by a driver killed before its snapshot
+            log.warning("trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+
+def close_orphans(path: Path, study_name: str) -> int:
+    """Mark FAIL the study's trials still RUNNING when no trial runs: suggestions a killed
+    driver made after Tune's last snapshot, which the resumed searcher never knew. Left
+    RUNNING, they would steer TPE's constant liar for good. Returns how many."""
+    import optuna
+    from optuna.trial import TrialState
+
+    loaded = optuna.load_study(study_name=study_name, storage=storage_url(path))
+    orphans = [t.number for t in loaded.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for number in orphans:
+        loaded.tell(number, state=TrialState.FAIL)
+    return len(orphans)

@@ -1,0 +1,135 @@
+"""A search driver whose trials are stand-ins: each epoch reports a value chosen by the
+test and writes a tiny checkpoint, so where the driver dies is decided exactly, not by
+timing. The search itself is hpsearch's: its Tuner, checkpoint retention, searcher,
+scheduler and study (search.run).
+
+    python standin_search.py ARGS_JSON
+
+ARGS_JSON: {"storage", "num_trials", "concurrent", "curve" (values per epoch, or null
+for values from the sampled max_lr), "kill": [event, count] or null, "resume": bool,
+"ledger": a file each trained epoch is appended to}. ``kill`` SIGKILLs the driver's
+process group (the driver and the local Ray it started) at the count-th ``result`` or
+``complete`` event Tune's callbacks see, before Tune's next experiment snapshot. A run
+that is not killed prints the search's trials as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+
+from search.config import config_from_dict
+from search.results import epochs_of, history_table
+from search import rounds, study
+from search.run import METRIC, all_results, run_rounds
+from trainables.storage import resolve
+
+EPOCHS = 3
+
+
+def config_for(args: dict):
+    return config_from_dict({
+        "data": {"dataset": "digits", "image_size": 32},
+        "space": {"backbones": ["B0"], "warmup_epochs": 1, "max_lr": {"low": 0.01, "high": 1.0, "log": True}},
+        "recipe": {"weights": "none", "head_epochs": 0, "flat_epochs": 1, "cooldown_epochs": 1},
+        "search": {"name": "standin", "num_trials": args["num_trials"], "max_concurrent_trials": args["concurrent"],
+                   "seed": 7, "startup_trials": 2, "grace_epochs": 1, "reduction_factor": 2},
+        "storage": {"path": args["storage"]},
+    })
+
+
+def make_standin(curve: list[float] | None, ledger: str):
+    def standin(config: dict) -> None:
+        start = 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                start = json.loads((Path(directory) / "state.json").read_text())["epoch"]
+        trial_id = tune.get_context().get_trial_id()
+        for epoch in range(start + 1, EPOCHS + 1):
+            time.sleep(0.2)
+            value = curve[epoch - 1] if curve else min(0.99, config["max_lr"] + 0.1 * epoch)
+            with open(ledger, "a") as out:
+                out.write(f"{trial_id} {epoch}\n")
+            with tempfile.TemporaryDirectory() as directory:
+                Path(directory, "state.json").write_text(json.dumps({"epoch": epoch}))
+                tune.report({"epoch": epoch, "planned_epochs": EPOCHS, METRIC: value}, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    return standin
+
+
+class KillAt(tune.Callback):
+    """SIGKILL this process group at the count-th event of a kind.
+
+    Tune keeps a run's callbacks in its saved state and restores them with it; only the
+    driver that was given this one acts on it.
+    """
+
+    def __init__(self, event: str, count: int) -> None:
+        self.event, self.count, self.seen = event, count, 0
+        self.pid = os.getpid()
+
+    def _tick(self, event: str) -> None:
+        if event == self.event and os.getpid() == self.pid:
+            self.seen += 1
+            if self.seen == self.count:
+                os.killpg(0, signal.SIGKILL)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._tick("result")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._tick("complete")
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    if args.get("snapshot_every_step"):
+        # Tune saves its experiment state at every step of its loop, not on a timer: the
+        # state a killed driver leaves is then the one right before the kill.
+        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
+    config = config_for(args)
+    location = resolve(config.storage.path)
+    trainable = make_standin(args["curve"], args["ledger"])
+    ray.init(num_cpus=2, logging_level="ERROR", _node_ip_address="127.0.0.1", include_dashboard=False)
+    try:
+        if args["resume"]:  # what `hpsearch run --resume` does
+            steps = rounds.next_steps(rounds.read(location, config.search.name), config.search.num_trials)
+        else:
+            steps = rounds.Steps(resume=None, add=rounds.Round(1, config.search.num_trials))
+        callbacks = [KillAt(*args["kill"])] if args["kill"] else None
+        grids = run_rounds(config, location, steps, trainable=trainable, callbacks=callbacks)
+        results = all_results(config, location, grids, trainable=trainable)
+    finally:
+        ray.shutdown()
+    history = history_table(results).to_pylist()
+    trials = []
+    for result in results:
+        trial_id = result.metrics["trial_id"]
+        raw = result.metrics_dataframe
+        trials.append({
+            "trial_id": trial_id,
+            "status": "ERROR" if result.error else "TERMINATED",
+            "error": str(result.error) if result.error else None,
+            "reported_epochs": [] if raw is None else raw["epoch"].tolist(),
+            "kept_epochs": [] if epochs_of(result) is None else epochs_of(result)["epoch"].tolist(),
+            "history_epochs": [row["epoch"] for row in history if row["trial_id"] == trial_id],
+        })
+    loaded = optuna.load_study(study_name=config.search.name,
+                               storage=study.storage_url(study.local_path(location, config.search.name)))
+    studied = [{"number": t.number, "state": t.state.name, "epochs": sorted(t.intermediate_values)}
+               for t in loaded.get_trials(deepcopy=False)]
+    print("RESULT " + json.dumps({"trials": trials, "study": studied}))
+
+
+if __name__ == "__main__":
+    main()

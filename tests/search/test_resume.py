@@ -1,0 +1,197 @@
+"""Resume that cannot corrupt, continuation and the Optuna study, with stand-in trials.
+
+The drivers here run ``standin_search.py``: hpsearch's Tuner, checkpoint retention,
+searcher, scheduler, rounds and study, over trials that report values chosen by the test.
+A driver is SIGKILLed from inside Tune's own callbacks at a chosen event, so where it
+dies does not depend on timing. (The real-training resume on gs:// is in test_faults.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from search.config import changed_fields, resume_refusals
+from search.rounds import Round, Steps, next_steps
+
+DRIVER = Path(__file__).with_name("standin_search.py")
+EPOCHS = 3  # standin_search.EPOCHS
+
+
+# -- the rules --------------------------------------------------------------------------
+
+
+def test_next_steps_resume_the_unfinished_round_then_add_the_missing_trials():
+    assert next_steps([], 4) == Steps(resume=Round(1, 4), add=None)  # killed before it recorded a round
+    assert next_steps([Round(1, 4)], 4) == Steps(resume=Round(1, 4), add=None)
+    assert next_steps([Round(1, 4, True)], 4) == Steps(resume=None, add=None)
+    assert next_steps([Round(1, 4, True)], 6) == Steps(resume=None, add=Round(2, 2))
+    # an interrupted round is finished first, then the continuation adds the rest
+    assert next_steps([Round(1, 4, True), Round(2, 2)], 9) == Steps(resume=Round(2, 2), add=Round(3, 3))
+    assert next_steps([Round(1, 4, True)], 3) == Steps(resume=None, add=None)  # trials are never removed
+
+
+def test_changed_fields_name_every_difference_and_only_those():
+    recorded = {"search": {"num_trials": 4, "seed": 1}, "recipe": {"head_lr": 0.01, "flip": True}}
+    current = {"search": {"num_trials": 8, "seed": 1}, "recipe": {"head_lr": 0.02, "flip": True}}
+    assert changed_fields(recorded, current) == ["search.num_trials", "recipe.head_lr"]
+    assert resume_refusals(recorded, current) == ["recipe.head_lr: 0.01 -> 0.02"]
+    concurrency = {"search": {"num_trials": 4, "seed": 1, "max_concurrent_trials": 9}, "recipe": recorded["recipe"]}
+    assert resume_refusals({**recorded, "search": {**recorded["search"], "max_concurrent_trials": 2}}, concurrency) == []
+
+
+# -- stand-in searches ------------------------------------------------------------------
+
+
+def drive(tmp_path: Path, *, num_trials: int, concurrent: int = 1, curve=None, kill=None, resume=False,
+          snapshot_every_step=False) -> tuple[int, dict | None]:
+    """Run the stand-in driver in a session of its own; returns its exit code and result."""
+    args = {"storage": str(tmp_path / "experiments"), "num_trials": num_trials, "concurrent": concurrent,
+            "curve": curve, "kill": kill, "resume": resume, "ledger": str(tmp_path / "ledger"),
+            "snapshot_every_step": snapshot_every_step}
+    driver = subprocess.Popen([sys.executable, str(DRIVER), json.dumps(args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        try:  # whatever of its local Ray is left
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.wait()
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    if driver.returncode == 0 and not lines:
+        raise AssertionError(output[-3000:])
+    return driver.returncode, (json.loads(lines[-1].removeprefix("RESULT ")) if lines else None) or {"log": output}
+
+
+def ledger(tmp_path: Path) -> list[tuple[str, int]]:
+    """Every epoch a stand-in trained: (trial id, epoch), in order."""
+    path = tmp_path / "ledger"
+    if not path.exists():
+        return []
+    return [(trial, int(epoch)) for trial, epoch in (line.split() for line in path.read_text().splitlines())]
+
+
+def check_whole(result: dict, num_trials: int) -> None:
+    """The configured trials, each finished, each epoch once in the history."""
+    trials = result["trials"]
+    assert len(trials) == num_trials, result
+    for trial in trials:
+        assert trial["status"] == "TERMINATED", trial
+        assert trial["history_epochs"] == list(range(1, len(trial["history_epochs"]) + 1)), trial
+        assert 1 <= len(trial["history_epochs"]) <= EPOCHS
+    ended = Counter(entry["state"] for entry in result["study"])
+    assert ended["COMPLETE"] + ended["PRUNED"] == num_trials and ended["RUNNING"] == 0, result["study"]
+
+
+@pytest.mark.slow
+def test_a_trial_finished_just_before_the_driver_died_stays_finished(tmp_path):
+    """Validation 0.5, 0.3, 0.6: the middle epoch is the worst. A retention ranked by
+    score deletes its checkpoint when epoch 3 arrives, though Tune's snapshot may name it
+    as the trial's latest; the resumed trial then cannot restore and ends in ERROR. Kept
+    by time, it is there: the trial restores from it and ends finished."""
+    code, _ = drive(tmp_path, num_trials=1, curve=[0.5, 0.3, 0.6], kill=["complete", 1], snapshot_every_step=True)
+    assert code == -signal.SIGKILL
+    (trial_id,) = {trial for trial, _ in ledger(tmp_path)}
+    assert ledger(tmp_path) == [(trial_id, 1), (trial_id, 2), (trial_id, 3)]
+
+    code, result = drive(tmp_path, num_trials=1, curve=[0.5, 0.3, 0.6], resume=True)
+    assert code == 0, result
+    check_whole(result, 1)
+    (trial,) = result["trials"]
+    assert trial["trial_id"] == trial_id and trial["history_epochs"] == [1, 2, 3]
+    # restored from a checkpoint at epoch 2 or 3, not started over: epochs 1 and 2 trained once
+    trained = Counter(epoch for _, epoch in ledger(tmp_path))
+    assert trained[1] == 1 and trained[2] == 1, ledger(tmp_path)
+
+
+def kill_points(seed: int, count: int) -> list[tuple[str, int]]:
+    """Where to kill a 4-trial search (2 at a time, 3 epochs, ASHA): at the k-th epoch
+    result or the k-th trial end Tune's callbacks see."""
+    draw = random.Random(seed)
+    return [("result", draw.randint(1, 8)) if draw.random() < 0.6 else ("complete", draw.randint(1, 3))
+            for _ in range(count)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("event,count", kill_points(seed=14, count=3))
+def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, event, count):
+    code, _ = drive(tmp_path, num_trials=4, concurrent=2, kill=[event, count])
+    assert code == -signal.SIGKILL
+    started = {trial for trial, _ in ledger(tmp_path)}
+    assert started
+
+    code, result = drive(tmp_path, num_trials=4, concurrent=2, resume=True)
+    assert code == 0, result
+    check_whole(result, 4)  # the configured count: none lost, none added
+    assert started <= {trial["trial_id"] for trial in result["trials"]}  # every trial begun is kept
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_continuation_adds_trials_to_a_finished_search_over_the_same_study(tmp_path):
+    code, first = drive(tmp_path, num_trials=2, concurrent=2)
+    assert code == 0, first
+    check_whole(first, 2)
+
+    code, result = drive(tmp_path, num_trials=4, concurrent=2, resume=True)  # search.num_trials: 2 -> 4
+    assert code == 0, result
+    check_whole(result, 4)
+    assert {t["trial_id"] for t in first["trials"]} < {t["trial_id"] for t in result["trials"]}
+    experiment = tmp_path / "experiments" / "standin"
+    rounds = json.loads((experiment / "rounds.json").read_text())
+    assert rounds == [{"number": 1, "num_trials": 2, "finished": True}, {"number": 2, "num_trials": 2, "finished": True}]
+    assert (experiment / "rounds" / "round-2").is_dir()
+    # round 2's searcher continued round 1's study: one study, numbered on, every epoch kept
+    study = result["study"]
+    assert [entry["number"] for entry in study] == [0, 1, 2, 3]
+    assert study[:2] == first["study"]
+    for entry in study:
+        assert entry["epochs"] and entry["epochs"] == list(range(1, len(entry["epochs"]) + 1))
+
+    # Optuna's own dashboard reads the study through its HTTP API
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = subprocess.Popen(
+        [str(Path(sys.executable).with_name("optuna-dashboard")), f"sqlite:///{experiment / 'study.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert dashboard.poll() is None and time.monotonic() < deadline, dashboard.stderr.read()
+                time.sleep(0.5)
+        (summary,) = studies
+        assert summary["study_name"] == "standin"
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}")
+        assert len(detail["trials"]) == 4
+        states = {t["state"] for t in detail["trials"]}
+        assert states <= {"Complete", "Pruned"}, states
+        for trial in detail["trials"]:
+            assert "max_lr" in {p["name"] for p in trial["params"]}
+            assert [v["step"] for v in trial["intermediate_values"]][0] == 1
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
