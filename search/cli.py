@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"hpsearch: search stopped by {stop.name}; its state is saved. Resume with: "
                       f"{_resume_command(args)}", file=sys.stderr)
                 return exit_code(stop.received)
-        return _summarise(config, location, search_run.all_results(config, location, grids))
+        return summarise(config, location, search_run.all_results(config, location, grids))
     finally:
         if started_here:
             ray.shutdown()
@@ -248,7 +248,7 @@ def _record_config(config: Config, location) -> None:
         out.write(json.dumps(config_to_dict(config), indent=2).encode())
 
 
-def _summarise(config: Config, location, grid) -> int:
+def summarise(config: Config, location, grid) -> int:
     from search import results
     from search.best import kept_best
     from search.run import METRIC, MODE

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from trainables.metrics import ATTEMPT
 from trainables.params import NAMES
 from trainables.storage import Location
 
@@ -42,6 +43,7 @@ class TrialRow:
     best_epoch: int
     best_checkpoint: str | None
     error: str | None
+    attempts: int = 1  # the most starts of its training (trainables.metrics.ATTEMPT)
 
     @property
     def stopped_early(self) -> bool:
@@ -101,10 +103,21 @@ def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any,
                 best_val_accuracy=best_value,
                 best_epoch=best_epoch,
                 best_checkpoint=best_path,
-                error=str(result.error).splitlines()[0] if result.error else None,
+                error=error_summary(result.error) if result.error else None,
+                attempts=int(frame[ATTEMPT].max()) if has_metric and ATTEMPT in frame else 1,
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)
+
+
+def error_summary(error: BaseException) -> str:
+    """One line that says what went wrong: the exception raised in the trial (Ray wraps
+    it, and the wrapper's first line only names the actor), its type and message."""
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    if cause is error and len(lines) > 1:  # a traceback as text: its last line is the error
+        return lines[-1].strip()
+    return f"{type(cause).__name__}: {lines[0].strip() if lines else ''}".rstrip(": ")
 
 
 def _trial_id(result: Any) -> str:
@@ -123,6 +136,7 @@ def rows_table(rows: list[TrialRow]) -> pa.Table:
         best_epoch=[r.best_epoch for r in rows],
         best_checkpoint=[r.best_checkpoint for r in rows],
         error=[r.error for r in rows],
+        attempts=[r.attempts for r in rows],
     )
     return pa.table(columns)
 

@@ -37,24 +37,27 @@ def stage(
 ) -> staged.Manifest:
     """Stage ``dataset`` at ``to`` (a local path or gs:// URI) and return its manifest.
 
-    Checks the destination before reading anything; the manifest is written last, so a
-    staging that fails midway is never mistaken for a complete one.
+    Checks the destination before reading anything. The shards go into a new generation
+    directory and the manifest is replaced last, in one step, so a staging that fails
+    midway (an overwrite included) leaves the previous data set whole and readable.
     """
     if not 0.0 < validation_fraction < 1.0:
         raise StageError(f"--validation-fraction must be in (0, 1), got {validation_fraction}")
     if shard_size < 1:
         raise StageError(f"--shard-size must be >= 1, got {shard_size}")
     location = resolve(to)
-    if location.exists(location.join(staged.MANIFEST)) and not overwrite:
+    replaced = staged.read_manifest(location) if location.exists(location.join(staged.MANIFEST)) else None
+    if replaced is not None and not overwrite:
         raise StageError(f"{location.uri} already holds a staged data set: pass --overwrite to replace it")
     check_writable(location)
+    generation = staged.new_generation()
 
     progress(f"reading {dataset}")
     train_val = load_train_val(dataset, validation_fraction, seed)
     splits = {"train": train_val.train, "val": train_val.val, "test": load_test(dataset)}
     shards, examples = {}, {}
     for name, split in splits.items():
-        shards[name] = staged.write_split(location, name, split, shard_size)
+        shards[name] = staged.write_split(location, generation, name, split, shard_size)
         examples[name] = len(split)
         progress(f"{name}: {len(split)} images in {len(shards[name])} shards")
     manifest = staged.Manifest(
@@ -66,5 +69,6 @@ def stage(
         examples=examples,
     )
     staged.write_manifest(location, manifest)
+    staged.delete_replaced(location, replaced, keep=generation)
     progress(f"staged at {location.uri}")
     return manifest

@@ -27,6 +27,7 @@ import pyarrow.fs as pafs
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from trainables.metrics import EPOCH, PLANNED_EPOCHS
 from trainables.storage import Location
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,6 @@ class UploadStudy(tune.Callback):
         upload(self.location, self.experiment)
 
 
-# The metric trials report with each epoch: the epochs they would run unstopped.
-PLANNED_EPOCHS = "planned_epochs"
-
-
 class StudySearch(OptunaSearch):
     """``OptunaSearch`` that keeps every epoch in the study and tells pruned from complete.
 
@@ -125,7 +122,7 @@ class StudySearch(OptunaSearch):
             return
         self.on_trial_result(trial_id, result)
         planned = result.get(PLANNED_EPOCHS)
-        if planned is None or result.get("epoch", planned) >= planned:
+        if planned is None or result.get(EPOCH, planned) >= planned:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         try:

@@ -3,10 +3,15 @@
 ``hpsearch data stage`` writes a data set once; every worker of every trial then reads
 it from storage instead of downloading and splitting it again. Layout::
 
-    <uri>/manifest.json            written last: a staging that died leaves no manifest
-    <uri>/train/part-00000.parquet  columns image (fixed 3072 bytes, HWC uint8), label
-    <uri>/val/part-00000.parquet
-    <uri>/test/part-00000.parquet
+    <uri>/manifest.json                  names every shard; written last, in one piece
+    <uri>/<generation>/train/part-00000.parquet  columns image (3072 bytes, HWC uint8), label
+    <uri>/<generation>/val/part-00000.parquet
+    <uri>/<generation>/test/part-00000.parquet
+
+Each staging writes its shards into a new generation directory, then replaces the
+manifest (a rename on a local disk, a single object write on gs://), then deletes the
+previous generation. A staging that dies leaves the previous manifest and its shards, or
+none: readers see the old set or the new one, never a mix.
 
 A worker reads only its own training shards (shard ``i`` goes to worker
 ``i % workers``), and the whole validation split.
@@ -92,13 +97,21 @@ def table_split(table: pa.Table) -> Split:
     return Split(raw.reshape(-1, CIFAR_SIDE, CIFAR_SIDE, 3).copy(), labels)
 
 
-def write_split(location: Location, split_name: str, split: Split, shard_size: int) -> list[str]:
-    """Write one split as shards; returns their paths relative to the root."""
+def new_generation() -> str:
+    """A directory name no earlier staging used (sorts by time)."""
+    import time
+    import uuid
+
+    return f"g-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def write_split(location: Location, generation: str, split_name: str, split: Split, shard_size: int) -> list[str]:
+    """Write one split as shards of a generation; returns their paths relative to the root."""
     names = []
-    directory = location.join(split_name)
+    directory = location.join(generation, split_name)
     location.filesystem.create_dir(directory, recursive=True)
     for i, (start, end) in enumerate(shard_ranges(len(split), shard_size)):
-        name = f"{split_name}/part-{i:05d}.parquet"
+        name = f"{generation}/{split_name}/part-{i:05d}.parquet"
         part = Split(split.images[start:end], split.labels[start:end])
         pq.write_table(split_table(part), location.join(name), filesystem=location.filesystem)
         names.append(name)
@@ -106,8 +119,27 @@ def write_split(location: Location, split_name: str, split: Split, shard_size: i
 
 
 def write_manifest(location: Location, manifest: Manifest) -> None:
-    with location.filesystem.open_output_stream(location.join(MANIFEST)) as out:
+    """Replace the manifest in one step: written beside it, then moved over it."""
+    import uuid
+
+    partial = location.join(f".{MANIFEST}.{uuid.uuid4().hex[:8]}")
+    with location.filesystem.open_output_stream(partial) as out:
         out.write(manifest.to_json().encode())
+    location.filesystem.move(partial, location.join(MANIFEST))
+
+
+def delete_replaced(location: Location, replaced: Manifest | None, keep: str) -> None:
+    """After a manifest swap: remove the replaced manifest's shards and every generation
+    directory but ``keep`` (an interrupted staging's shards included)."""
+    import pyarrow.fs as pafs
+
+    for name in [name for split in (replaced.shards.values() if replaced else []) for name in split]:
+        if location.exists(location.join(name)):
+            location.filesystem.delete_file(location.join(name))
+    entries = location.filesystem.get_file_info(pafs.FileSelector(location.join(), allow_not_found=True))
+    for entry in entries:
+        if entry.type == pafs.FileType.Directory and entry.base_name.startswith("g-") and entry.base_name != keep:
+            location.filesystem.delete_dir(entry.path)
 
 
 def read_manifest(location: Location) -> Manifest:

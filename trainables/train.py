@@ -30,6 +30,7 @@ from trainables.augment import eval_dataset, train_dataset
 from trainables.data import load_configured
 from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, build_model, set_phase
+from trainables.metrics import ATTEMPT, PLANNED_EPOCHS
 from trainables.schedule import learning_rate
 from trainables.spec import TrialSpec
 from trainables.splits import TrainVal
@@ -217,11 +218,13 @@ def train_trial(
     # Validation runs whole on every worker (the split is small next to training, and every
     # worker then reports the same number); traced once for the whole trial.
     predict = tf.function(lambda images: model(images, training=False))
-    start_epoch = 0
+    start_epoch, attempt = 0, 1
     if resume_from is not None:
         state = ckpt.read_state(resume_from)
         model.load_weights(Path(resume_from) / ckpt.MODEL_FILE)
         start_epoch = state.epoch
+        # the how-many-th start of this trial's training (a retry or a resumed search)
+        attempt = int(state.metrics.get(ATTEMPT, 1)) + 1
         log.info("resuming %s at epoch %d", spec.hp.backbone, start_epoch)
 
     phase_name, phase = None, None
@@ -268,7 +271,8 @@ def train_trial(
                 seen += batch_size
             metrics = {
                 "epoch": epoch + 1,
-                "planned_epochs": spec.total_epochs,
+                PLANNED_EPOCHS: spec.total_epochs,
+                ATTEMPT: attempt,
                 "phase": phase_name,
                 "lr": float(phase.optimizer.learning_rate.numpy()),
                 "train_loss": loss_sum / max(step + 1, 1),

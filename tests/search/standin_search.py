@@ -7,7 +7,9 @@ scheduler and study (search.run).
 
 ARGS_JSON: {"storage", "num_trials", "concurrent", "curve" (values per epoch, or null
 for values from the sampled max_lr), "kill": [event, count] or null, "resume": bool,
-"ledger": a file each trained epoch is appended to}. ``kill`` SIGKILLs the driver's
+"ledger": a file each trained epoch is appended to, "fail": {"trial" (its index from 1),
+"epoch", "message"} or null: that trial raises OSError(message) at that epoch, every
+time}. ``kill`` SIGKILLs the driver's
 process group (the driver and the local Ray it started) at the count-th ``result`` or
 ``complete`` event Tune's callbacks see, before Tune's next experiment snapshot. A run
 that is not killed prints the search's trials as JSON.
@@ -30,6 +32,7 @@ from ray import tune
 from search.config import config_from_dict
 from search.results import epochs_of, history_table
 from search import rounds, study
+from search.cli import summarise
 from search.run import METRIC, all_results, run_rounds
 from trainables.storage import resolve
 
@@ -47,8 +50,10 @@ def config_for(args: dict):
     })
 
 
-def make_standin(curve: list[float] | None, ledger: str):
+def make_standin(curve: list[float] | None, ledger: str, fail: dict | None = None):
     def standin(config: dict) -> None:
+        # the trial's directory: standin_<id>_<index from 1>_<parameters>_<time>
+        index = int(Path(tune.get_context().get_trial_dir()).name.split("_")[2])
         start = 0
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
@@ -57,6 +62,8 @@ def make_standin(curve: list[float] | None, ledger: str):
         trial_id = tune.get_context().get_trial_id()
         for epoch in range(start + 1, EPOCHS + 1):
             time.sleep(0.2)
+            if fail and fail["trial"] == index and fail["epoch"] == epoch:
+                raise OSError(fail["message"])
             value = curve[epoch - 1] if curve else min(0.99, config["max_lr"] + 0.1 * epoch)
             with open(ledger, "a") as out:
                 out.write(f"{trial_id} {epoch}\n")
@@ -99,7 +106,7 @@ def main() -> None:
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
     config = config_for(args)
     location = resolve(config.storage.path)
-    trainable = make_standin(args["curve"], args["ledger"])
+    trainable = make_standin(args["curve"], args["ledger"], args.get("fail"))
     ray.init(num_cpus=2, logging_level="ERROR", _node_ip_address="127.0.0.1", include_dashboard=False)
     try:
         if args["resume"]:  # what `hpsearch run --resume` does
@@ -128,7 +135,9 @@ def main() -> None:
                                storage=study.storage_url(study.local_path(location, config.search.name)))
     studied = [{"number": t.number, "state": t.state.name, "epochs": sorted(t.intermediate_values)}
                for t in loaded.get_trials(deepcopy=False)]
-    print("RESULT " + json.dumps({"trials": trials, "study": studied}))
+    # what `hpsearch run` prints and exits with at the end (its stdout goes to the log)
+    code = summarise(config, location, results)
+    print("RESULT " + json.dumps({"trials": trials, "study": studied, "exit_code": code}))
 
 
 if __name__ == "__main__":

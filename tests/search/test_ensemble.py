@@ -41,11 +41,26 @@ def test_candidates_are_ranked_and_loaded(experiment, tmp_path):
     assert [m.trial_id for m in members] == ranked(experiment)[:2]
 
 
-def test_ensemble_table_and_round_trip(experiment, tmp_path):
+def test_ensemble_table_and_round_trip(experiment, tmp_path, monkeypatch):
+    import trainables.data
+
     work = tmp_path / "copy"
     shutil.copytree(experiment, work / experiment.name)
     location = resolve(str(work))
+    reads = {"test": 0, "train_val": 0}
+    real_test, real_configured = trainables.data.load_test, trainables.data.load_configured
+
+    def counted(kind, load):
+        def wrapper(*args, **kwargs):
+            reads[kind] += 1
+            return load(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(trainables.data, "load_test", counted("test", real_test))
+    monkeypatch.setattr(trainables.data, "load_configured", counted("train_val", real_configured))
     result = build(location, experiment.name, top_k=3, tta=3, progress=False)
+    # every member, with and without TTA, and the ensemble were measured on one read of each split
+    assert reads == {"test": 1, "train_val": 1}
     names = {(r.name.split(" ")[0], r.split, r.tta_views) for r in result.rows}
     assert {("member", "val", 1), ("member", "val", 3), ("ensemble", "val", 1), ("ensemble", "val", 3),
             ("ensemble", "test", 1), ("ensemble", "test", 3)} <= names

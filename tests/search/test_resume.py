@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,11 +55,12 @@ def test_changed_fields_name_every_difference_and_only_those():
 
 
 def drive(tmp_path: Path, *, num_trials: int, concurrent: int = 1, curve=None, kill=None, resume=False,
-          snapshot_every_step=False) -> tuple[int, dict | None]:
-    """Run the stand-in driver in a session of its own; returns its exit code and result."""
+          snapshot_every_step=False, fail=None) -> tuple[int, dict | None]:
+    """Run the stand-in driver in a session of its own; returns its exit code and result
+    (with the driver's output under ``log``)."""
     args = {"storage": str(tmp_path / "experiments"), "num_trials": num_trials, "concurrent": concurrent,
             "curve": curve, "kill": kill, "resume": resume, "ledger": str(tmp_path / "ledger"),
-            "snapshot_every_step": snapshot_every_step}
+            "snapshot_every_step": snapshot_every_step, "fail": fail}
     driver = subprocess.Popen([sys.executable, str(DRIVER), json.dumps(args)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -72,7 +74,8 @@ def drive(tmp_path: Path, *, num_trials: int, concurrent: int = 1, curve=None, k
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     if driver.returncode == 0 and not lines:
         raise AssertionError(output[-3000:])
-    return driver.returncode, (json.loads(lines[-1].removeprefix("RESULT ")) if lines else None) or {"log": output}
+    result = json.loads(lines[-1].removeprefix("RESULT ")) if lines else {}
+    return driver.returncode, {**result, "log": output}
 
 
 def ledger(tmp_path: Path) -> list[tuple[str, int]]:
@@ -114,6 +117,48 @@ def test_a_trial_finished_just_before_the_driver_died_stays_finished(tmp_path):
     # restored from a checkpoint at epoch 2 or 3, not started over: epochs 1 and 2 trained once
     trained = Counter(epoch for _, epoch in ledger(tmp_path))
     assert trained[1] == 1 and trained[2] == 1, ledger(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_trial_that_keeps_failing_ends_in_error_and_the_search_says_so(tmp_path):
+    """A write that fails mid-trial (storage full): Tune retries the trial from its last
+    checkpoint (FailureConfig max_failures=2), then records it ERROR; the other trials
+    finish, every table is written, and `hpsearch run` exits 3 naming the trial."""
+    fail = {"trial": 1, "epoch": 2, "message": "[Errno 28] No space left on device"}
+    code, result = drive(tmp_path, num_trials=3, fail=fail)
+    assert code == 0, result["log"][-3000:]
+    assert result["exit_code"] == 3
+    failed = [t for t in result["trials"] if t["status"] == "ERROR"]
+    assert len(failed) == 1 and sum(t["status"] == "TERMINATED" for t in result["trials"]) == 2
+    (trial,) = failed
+    assert trial["history_epochs"] == [1]  # its finished epoch is kept
+    # three starts at epoch 2, each from epoch 1's checkpoint: epoch 1 trained once
+    trained = Counter(epoch for trial_id, epoch in ledger(tmp_path) if trial_id == trial["trial_id"])
+    assert trained == {1: 1}
+    summary = f"trial {trial['trial_id']} failed: "
+    line = next(line for line in result["log"].splitlines() if line.startswith(summary))
+    assert line.endswith("failed: OSError: [Errno 28] No space left on device"), line
+    assert (tmp_path / "experiments" / "standin" / "trials.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_a_trial_whose_checkpoints_were_deleted_ends_in_error_and_the_rest_finish(tmp_path):
+    """Checkpoints deleted while the driver was down: the trial cannot be restored, and
+    says why; the search still reaches its other trials and exits 3."""
+    code, _ = drive(tmp_path, num_trials=2, kill=["result", 2], snapshot_every_step=True)
+    assert code == -signal.SIGKILL
+    (trial_dir,) = (tmp_path / "experiments" / "standin").glob("standin_*")
+    checkpoints = list(trial_dir.glob("checkpoint_*"))
+    assert checkpoints
+    for checkpoint in checkpoints:
+        shutil.rmtree(checkpoint)
+
+    code, result = drive(tmp_path, num_trials=2, resume=True)
+    assert code == 0 and result["exit_code"] == 3, result["log"][-3000:]
+    statuses = {t["trial_id"]: t["status"] for t in result["trials"]}
+    gone = trial_dir.name.split("_")[1]
+    assert statuses.pop(gone) == "ERROR" and list(statuses.values()) == ["TERMINATED"]
+    assert f"trial {gone} failed: ValueError: Could not recover from checkpoint as it does not exist" in result["log"]
 
 
 def kill_points(seed: int, count: int) -> list[tuple[str, int]]:

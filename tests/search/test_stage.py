@@ -57,10 +57,41 @@ def test_stage_to_a_local_directory(cifar_dir, tmp_path):
     target = tmp_path / "staged"
     manifest = stage(str(cifar_dir), str(target), validation_fraction=0.2, seed=5, shard_size=100)
     assert manifest.examples == {"train": 240, "val": 60, "test": 50}
-    assert (target / "manifest.json").is_file() and len(list((target / "train").glob("*.parquet"))) == 3
+    assert (target / "manifest.json").is_file() and len(list(target.glob("g-*/train/*.parquet"))) == 3
     check_round_trip(str(target), cifar_dir)
     with pytest.raises(StageError, match="--overwrite"):
         stage(str(cifar_dir), str(target))
+
+
+def test_an_interrupted_overwrite_leaves_the_old_set_and_a_finished_one_the_new(cifar_dir, tmp_path, monkeypatch):
+    target = tmp_path / "staged"
+    stage(str(cifar_dir), str(target), validation_fraction=0.2, seed=5, shard_size=100)
+    old_train = load_train_val(str(target), 0.2, 5).train
+    (old_generation,) = [p.name for p in target.glob("g-*")]
+
+    real_write_split = staged.write_split
+
+    def dies_at_the_test_split(location, generation, name, split, shard_size):
+        if name == "test":
+            raise OSError("disk full")
+        return real_write_split(location, generation, name, split, shard_size)
+
+    monkeypatch.setattr(staged, "write_split", dies_at_the_test_split)
+    with pytest.raises(OSError, match="disk full"):  # a new split (seed 6) half written
+        stage(str(cifar_dir), str(target), validation_fraction=0.2, seed=6, shard_size=100, overwrite=True)
+    again = load_train_val(str(target), 0.2, 5)  # still the old set, whole
+    np.testing.assert_array_equal(again.train.images, old_train.images)
+    assert staged.open_staged(str(target))[1].seed == 5
+
+    monkeypatch.setattr(staged, "write_split", real_write_split)
+    stage(str(cifar_dir), str(target), validation_fraction=0.2, seed=6, shard_size=100, overwrite=True)
+    manifest = staged.open_staged(str(target))[1]
+    assert manifest.seed == 6 and not manifest.shards["train"][0].startswith(old_generation)
+    expected = load_train_val(str(cifar_dir), 0.2, 6)
+    np.testing.assert_array_equal(load_train_val(str(target), 0.2, 6).train.images, expected.train.images)
+    # the replaced shards are gone, and so are the interrupted staging's
+    assert [p.name for p in target.glob("g-*")] == [manifest.shards["train"][0].split("/")[0]]
+    assert not list(target.glob(".manifest.json.*"))
 
 
 def test_stage_to_fake_gcs(cifar_dir, fake_gcs):

@@ -157,3 +157,53 @@ def test_one_worker_with_several_replicas_splits_the_batch_per_replica(tmp_path)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["epochs"] == [1]
     assert math.isfinite(result["loss"]) and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_resume_restores_weights_and_optimizer_bit_for_bit(trained, tmp_path, monkeypatch):
+    """What a resumed trial holds when its first step starts equals its checkpoint
+    exactly: every model weight and every optimizer variable (momentum, step counter),
+    except the learning rate, which the schedule sets for the step."""
+    import keras
+    import numpy as np
+
+    import trainables.train as train
+    from trainables.checkpoint import MODEL_FILE, OPTIMIZER_FILE
+
+    spec, reports = trained
+    _, second = reports[1]  # epoch 2 of 3, fine-tuning: its momentum is restored too
+    seen = {}
+
+    class Snapshot(train.PhaseStep):
+        """The phase step, noting the state before its first step."""
+
+        def __init__(self, model, **kwargs):
+            super().__init__(model, **kwargs)
+            step = self.train_step
+
+            def first_noted(images, labels):
+                if not seen:
+                    seen["weights"] = [np.array(w.numpy()) for w in model.weights]
+                    seen["optimizer"] = [(v.path, np.array(v.numpy())) for v in self.optimizer.variables]
+                return step(images, labels)
+
+            self.train_step = first_noted
+
+    monkeypatch.setattr(train, "PhaseStep", Snapshot)
+    train_trial(spec, Collect(tmp_path), resume_from=second)
+
+    saved = keras.saving.load_model(second / MODEL_FILE, compile=False)
+    # the same architecture lists its weights in the same order (names get per-model suffixes)
+    assert len(seen["weights"]) == len(saved.weights)
+    for restored, weight in zip(seen["weights"], saved.weights):
+        assert restored.shape == tuple(weight.shape) and np.array_equal(restored, weight.numpy()), weight.path
+    with np.load(second / OPTIMIZER_FILE) as stored:
+        values = [stored[k] for k in sorted(stored.files)]
+    assert len(values) == len(seen["optimizer"])
+    compared = 0
+    for (path, restored), value in zip(seen["optimizer"], values):
+        if path.endswith("learning_rate"):
+            continue
+        assert np.array_equal(restored, value), path
+        compared += 1
+    assert compared > len(saved.trainable_weights)  # the momenta and the step counter
+    assert any(np.any(value != 0) for value in values)  # momenta were there to restore

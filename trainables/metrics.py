@@ -1,0 +1,11 @@
+"""Names of what a trial reports with each epoch, for the code that reads the reports
+(the trials tables, the Optuna study) without importing the training code."""
+
+EPOCH = "epoch"
+VAL_ACCURACY = "val_accuracy"
+# The epochs the trial would run unstopped: a trial ended before them was stopped early.
+PLANNED_EPOCHS = "planned_epochs"
+# 1 for a trial trained in one go, one more each time it resumed from a checkpoint (a
+# worker or trial restarted after a failure, a resumed search). A restart before the
+# first checkpoint starts over at 1.
+ATTEMPT = "attempt"
