@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 
+import optuna
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -111,6 +112,15 @@ def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_tr
     assert best["best_val_accuracy"] == max(row["best_val_accuracy"] for row in table)
     with fs.open_input_stream(f"{experiment}/trials.csv") as handle:
         assert pacsv.read_csv(handle).num_rows == 2
+    # the Optuna study went up with the search, and holds each trial once, each epoch kept
+    local_study = tmp_path / "study.db"
+    with fs.open_input_stream(f"{experiment}/study.db") as handle:
+        local_study.write_bytes(handle.read())
+    study = optuna.load_study(study_name="resumed-smoke", storage=f"sqlite:///{local_study}")
+    ended = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(ended) == 2 and all(t.state.name == "FAIL" for t in study.trials if t not in ended)
+    by_epochs = sorted(len(t.intermediate_values) for t in ended)
+    assert by_epochs == sorted(row["epochs_run"] for row in table)
 
     # starting the same search again without --resume is refused, not mixed in
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
