@@ -58,8 +58,11 @@ def stage_imagenet_weights(storage_uri: str, names: tuple[str, ...], *,
         with tempfile.TemporaryDirectory(prefix="hpsearch-weights-") as scratch:
             local = f"{scratch}/{backbone.imagenet_file}"
             try:
-                fetch_file(backbone.imagenet_url, local)
-            except (OSError, urllib.error.URLError) as exc:  # offline, DNS, timeout, HTTP error
+                if backbone.make_imagenet_file is not None:  # converted from an installed package
+                    backbone.make_imagenet_file(local)
+                else:
+                    fetch_file(backbone.imagenet_url, local)
+            except (OSError, urllib.error.URLError, InputError) as exc:  # offline, DNS, timeout, HTTP, not installed
                 reason = getattr(exc, "reason", None) or exc
                 missing.append(f"{name} ({backbone.imagenet_file} from {backbone.imagenet_url}: {reason})")
                 continue

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray import tune
 
 from search.config import ResourcesConfig, config_from_dict
 from search.distributed import make_trainer
@@ -79,13 +80,24 @@ def all_resources_free(timeout_s: float = 30.0) -> bool:
     return False
 
 
-def kill_one_worker_after_first_checkpoint(runs: Path, killed: dict) -> None:
-    """Wait for the first trial's first checkpoint, then SIGKILL one of its Train workers."""
+# Set once Tune has a trial's first epoch: Ray Train reports an epoch only after it
+# registered the epoch's checkpoint, so a worker group restarted from then on resumes
+# from it. (A module global: Tune keeps its callbacks in its saved state, and an Event
+# does not pickle.)
+FIRST_REPORT = threading.Event()
+
+
+class FirstReport(tune.Callback):
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        FIRST_REPORT.set()
+
+
+def kill_one_worker_after_first_report(killed: dict) -> None:
+    """Wait for the first trial's first reported epoch, then SIGKILL one of its Train workers."""
     from ray.util.state import list_actors
 
-    deadline = time.monotonic() + 600
-    while not list(runs.glob("*/checkpoint_*/model.keras")) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    if not FIRST_REPORT.wait(timeout=600):
+        return
     workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "RayTrainWorker"]
     if workers:
         killed["pid"] = workers[-1].pid
@@ -96,8 +108,8 @@ def kill_one_worker_after_first_checkpoint(runs: Path, killed: dict) -> None:
 def test_distributed_search_survives_a_killed_worker_and_stops_a_trial(local_ray, tmp_path):
     """Three trials of two MultiWorkerMirrored workers each, one at a time on 2 cores.
 
-    - One worker of the first trial is killed after that trial's first checkpoint: Ray
-      Train restarts the worker group from the checkpoint, so the trial's epochs go
+    - One worker of the first trial is killed after that trial's first reported epoch:
+      Ray Train restarts the worker group from its checkpoint, so the trial's epochs go
       1, 2, 3 and never back to 1.
     - With seed 22 the sampler's startup trials draw peak rates 0.027 (1 warmup epoch),
       1.03 (none) and 0.029: the second diverges in its first epoch, below the first
@@ -119,10 +131,10 @@ def test_distributed_search_survives_a_killed_worker_and_stops_a_trial(local_ray
         "storage": {"path": str(tmp_path / "experiments")},
     })
     killed: dict = {}
-    killer = threading.Thread(target=kill_one_worker_after_first_checkpoint,
-                              args=(tmp_path / "experiments" / "mwms" / "train_runs", killed), daemon=True)
+    FIRST_REPORT.clear()
+    killer = threading.Thread(target=kill_one_worker_after_first_report, args=(killed,), daemon=True)
     killer.start()
-    grid = build_tuner(config, resolve(config.storage.path)).fit()
+    grid = build_tuner(config, resolve(config.storage.path), callbacks=[FirstReport()]).fit()
     killer.join(timeout=5)
     rows = trial_rows(grid, METRIC, MODE, planned_epochs=lambda c: config.recipe.epochs(c["warmup_epochs"]))
     order = {tid: i for i, tid in enumerate(r.metrics["trial_id"] for r in grid)}  # creation order

@@ -24,6 +24,8 @@ class Backbone:
         imagenet_file: the file of its pretrained (ImageNet, no top) weights, as the
             family's loader names it; None when the family has none.
         imagenet_url: where that file is published.
+        make_imagenet_file: writes that file at a local path from something installed
+            (a converted checkpoint); None when it is downloaded from ``imagenet_url``.
     """
 
     name: str
@@ -32,3 +34,4 @@ class Backbone:
     build: BuildFn
     imagenet_file: str | None = None
     imagenet_url: str | None = None
+    make_imagenet_file: Callable[[str], Any] | None = None
