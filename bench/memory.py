@@ -124,10 +124,16 @@ def main() -> None:
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
                         "TensorFlow CPU allocator (host RSS), float32",
              "step": "phase 2: whole backbone trainable, BatchNormalization frozen, SGD momentum 0.9"}
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "memory.json").write_text(
+    # Backbones not measured in this run keep their earlier measurements.
+    results, shipped = ROOT / "bench" / "results" / "memory.json", ROOT / "trainables" / "memory_table.json"
+    if results.is_file():
+        earlier = json.loads(results.read_text())
+        measurements = [m for m in earlier["measurements"] if m["backbone"] not in table] + measurements
+        table = {**{k: v for k, v in earlier["fits"].items() if k not in table}, **table}
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(
         json.dumps({"benchmark": "memory", **stamp, "measurements": measurements, "fits": table}, indent=2) + "\n")
-    (ROOT / "trainables" / "memory_table.json").write_text(json.dumps({**stamp, "backbones": table}, indent=2) + "\n")
+    shipped.write_text(json.dumps({**stamp, "backbones": table}, indent=2) + "\n")
     print(json.dumps(table, indent=2))
 
 

@@ -99,7 +99,7 @@ class Hyperparams:
     """
 
     backbone: str = _param(
-        value="B0", space=tuple(backbones.BACKBONES), choices=lambda: tuple(backbones.BACKBONES),
+        value="B0", space=backbones.DEFAULT_SPACE, choices=lambda: tuple(backbones.BACKBONES),
         config_name="backbones", consumer="model", doc="backbones to choose from")
     cutout_fraction: float = _param(
         value=0.4, space=FloatRange(0.1, 0.5), bounds=Bounds(0.0, 1.0), consumer="augment",

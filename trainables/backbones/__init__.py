@@ -28,6 +28,10 @@ def _discover() -> dict[str, Backbone]:
 
 
 BACKBONES: dict[str, Backbone] = _discover()
+# What a config's space searches when it names no backbones: EfficientNet B0-B7 (other
+# families are chosen by name, e.g. the offline default's Lite0-2).
+DEFAULT_FAMILY = "efficientnet"
+DEFAULT_SPACE: tuple[str, ...] = tuple(name for name, b in BACKBONES.items() if b.family == DEFAULT_FAMILY)
 
 
 def get(name: str) -> Backbone:
@@ -47,4 +51,4 @@ def input_resolution(name: str, override: int | None = None) -> int:
     return override if override is not None else backbone.native_resolution
 
 
-__all__ = ["BACKBONES", "Backbone", "get", "input_resolution"]
+__all__ = ["BACKBONES", "DEFAULT_SPACE", "Backbone", "get", "input_resolution"]
