@@ -59,8 +59,11 @@ def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float
     return covered / (end - start) if end > start else 0.0
 
 
-def run_search(raw: dict[str, Any], *, scheduler: Any = None) -> tuple[Any, TrialClock, float, float, float]:
-    """Run the search described by ``raw`` (a config dict) on a fresh local Ray.
+def run_search(raw: dict[str, Any], *, scheduler: Any = None, callbacks: list | None = None,
+               time_budget_s: float | None = None) -> tuple[Any, TrialClock, float, float, float]:
+    """Run the search described by ``raw`` (a config dict) on a fresh local Ray, its
+    pretrained weights staged first as ``hpsearch run`` stages them; ``time_budget_s``
+    ends it after that long (Tune's own budget).
 
     Returns:
         The ResultGrid, the trial clock, the search's start and end (monotonic) and the
@@ -74,11 +77,17 @@ def run_search(raw: dict[str, Any], *, scheduler: Any = None) -> tuple[Any, Tria
 
     raw = {**raw, "storage": {"path": tempfile.mkdtemp(prefix="hpsearch-bench-")}}
     config = config_from_dict(raw)
+    if config.recipe.weights == "imagenet":
+        from search.config import space_value
+        from search.weights import stage_imagenet_weights
+
+        stage_imagenet_weights(config.storage.path, space_value(config.space, "backbone"))
     clock = TrialClock()
     ray.init(logging_level="ERROR", _node_ip_address="127.0.0.1", include_dashboard=False,
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     try:
-        tuner = build_tuner(config, resolve(config.storage.path), scheduler=scheduler, callbacks=[clock])
+        tuner = build_tuner(config, resolve(config.storage.path), scheduler=scheduler,
+                            callbacks=[clock, *(callbacks or [])], time_budget_s=time_budget_s)
         start = time.monotonic()
         grid = tuner.fit()
         end = time.monotonic()

@@ -144,6 +144,31 @@ def plot_learning_curves(exp: Experiment) -> bytes:
     return data
 
 
+def plot_anytime(exp: Experiment) -> bytes:
+    """Best validation accuracy so far against the epochs the whole search has trained,
+    with the epochs where ASHA stopped a trial marked."""
+    import matplotlib.pyplot as plt
+
+    from search.results import anytime_curve
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if "timestamp" in exp.history:
+        curve = anytime_curve(exp.history, {t["trial_id"] for t in exp.trials if t["stopped_early"]})
+        ax.step(curve.epochs, curve.best, where="post", color="black", label="best so far")
+        for i, stop in enumerate(curve.stops):
+            ax.axvline(stop, color="tab:red", alpha=0.4, linewidth=1, label="ASHA stopped a trial" if i == 0 else None)
+        ax.legend(loc="lower right")
+    else:  # a search written before epochs were timestamped
+        ax.text(0.5, 0.5, "no epoch timestamps in history.parquet", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("epochs trained by the whole search")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title("What the search bought")
+    ax.grid(alpha=0.3)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def plot_params(exp: Experiment) -> bytes:
     """Best validation accuracy against every parameter of the table, one panel each."""
     import matplotlib.pyplot as plt
@@ -230,6 +255,7 @@ def render_html(title: str, plots: dict[str, bytes], importance: dict[str, float
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>
+<h2>What the search bought</h2>{img("anytime.png", "best accuracy so far against epochs spent")}
 <h2>Learning curves</h2>{img("learning_curves.png", "learning curves")}
 <h2>Accuracy against the searched parameters</h2>{img("accuracy_vs_params.png", "accuracy against parameters")}
 <h2>Parameter importance</h2>{img("param_importance.png", "parameter importance")}<ul>{importance_list}</ul>
@@ -247,6 +273,7 @@ def make_report(location: Location, experiment: str) -> dict[str, str]:
     exp = read_experiment(location, experiment)
     importance = importances(exp.trials, exp.space)
     plots = {
+        "anytime.png": plot_anytime(exp),
         "learning_curves.png": plot_learning_curves(exp),
         "accuracy_vs_params.png": plot_params(exp),
         "param_importance.png": plot_importance(importance),

@@ -152,13 +152,42 @@ def history_table(result_grid: Any) -> pa.Table:
         frame["trial_id"] = _trial_id(result)
         for name in NAMES:
             frame[name] = result.config.get(name)
-        keep = ["trial_id", "epoch", "phase", "lr", "train_loss", "train_accuracy", "val_accuracy", *NAMES]
+        # timestamp: when the epoch's result reached Tune (seconds), ordering the epochs of
+        # concurrent trials for the anytime curve
+        keep = ["trial_id", "epoch", "timestamp", "phase", "lr", "train_loss", "train_accuracy", "val_accuracy",
+                *NAMES]
         frames.append(frame[[c for c in keep if c in frame]])
     if not frames:
         return pa.table({"trial_id": pa.array([], pa.string())})
     import pandas as pd
 
     return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+
+
+@dataclass(frozen=True)
+class AnytimeCurve:
+    """What the search bought as it spent epochs: after each epoch trained (all trials
+    together, in the order they finished), the best validation accuracy so far."""
+
+    epochs: list[int]  # cumulative epochs, 1..N
+    best: list[float]  # best validation accuracy after that many
+    stops: list[int]  # the cumulative epoch at which each early-stopped trial ended
+
+    def epochs_to_reach(self, target: float) -> int | None:
+        """Epochs spent until some trial first reached ``target``; None if none did."""
+        return next((e for e, b in zip(self.epochs, self.best) if b >= target), None)
+
+
+def anytime_curve(history: Any, stopped: set[str] = frozenset()) -> AnytimeCurve:
+    """The anytime curve of a search's ``history`` (a DataFrame of epoch reports with
+    ``trial_id``, ``epoch``, ``timestamp``, ``val_accuracy``); ``stopped`` names the trials
+    ASHA stopped early. Epochs are ordered by when their result arrived (then by trial and
+    epoch, for reports within the same second)."""
+    ordered = history.sort_values(["timestamp", "trial_id", "epoch"], kind="stable").reset_index(drop=True)
+    best = ordered["val_accuracy"].cummax().astype(float).tolist()
+    last_epoch = ordered.groupby("trial_id")["epoch"].transform("max")
+    ends = ordered.index[(ordered["epoch"] == last_epoch) & ordered["trial_id"].isin(stopped)]
+    return AnytimeCurve(epochs=list(range(1, len(ordered) + 1)), best=best, stops=[int(i) + 1 for i in ends])
 
 
 def best_row(rows: list[TrialRow]) -> TrialRow | None:

@@ -193,12 +193,14 @@ def build_tuner(
     trainable: Callable | None = None,
     scheduler: Any = None,
     callbacks: list | None = None,
+    time_budget_s: float | None = None,
 ) -> tune.Tuner:
     """A fresh Tuner for one round of the search (default: round 1 with every trial);
     see :func:`restore_tuner` to resume one.
 
     ``scheduler`` replaces ASHA (the benchmarks compare it with FIFO); ``callbacks`` are
-    Tune callbacks (the benchmarks time trials with them).
+    Tune callbacks (the benchmarks time trials with them); ``time_budget_s`` ends the
+    run after that long (a benchmark compares searches in the same wall time).
     """
     round_ = round_ or rounds.Round(1, config.search.num_trials)
     _bound_trial_cleanup(config)
@@ -212,6 +214,7 @@ def build_tuner(
             scheduler=scheduler or make_scheduler(config),
             num_samples=round_.num_trials,
             max_concurrent_trials=config.search.max_concurrent_trials,
+            time_budget_s=time_budget_s,
         ),
         run_config=run_config(config, location, callbacks, round_.number),
     )

@@ -159,6 +159,8 @@ def make_experiment(root: Path, name: str = "exp") -> tuple[Path, list[TrainedTr
             import pandas as pd
 
             self.metrics_dataframe = pd.DataFrame(metrics)
+            # when each epoch reached Tune: the trials ran one after another
+            self.metrics_dataframe["timestamp"] = 1000 * int(trial_id[1:]) + self.metrics_dataframe["epoch"]
             self.config = config
             self.metrics = {"trial_id": trial_id}
             self.path = str(experiment / trial_id)

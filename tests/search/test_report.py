@@ -36,7 +36,7 @@ def test_report_is_complete(experiment, tmp_path):
     build(location, experiment.name, top_k=3, tta=2, progress=False)
     written = make_report(location, experiment.name)
     page = (work / experiment.name / "report" / "index.html").read_text()
-    for name in ("learning_curves", "accuracy_vs_params", "param_importance"):
+    for name in ("anytime", "learning_curves", "accuracy_vs_params", "param_importance"):
         match = re.search(rf'<img id="{name}" alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
         assert match, name
         embedded = base64.b64decode(match.group(1))
@@ -101,3 +101,22 @@ def test_a_path_with_no_experiment_is_bad_input(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
         assert f"no experiment at {tmp_path / 'absent'}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_anytime_curve_orders_epochs_by_arrival_and_marks_stops():
+    import pandas as pd
+
+    from search.results import anytime_curve
+
+    history = pd.DataFrame({
+        "trial_id": ["a", "a", "a", "b", "c", "c"],
+        "epoch": [1, 2, 3, 1, 1, 2],
+        "timestamp": [10, 12, 14, 11, 12, 15],
+        "val_accuracy": [0.5, 0.6, 0.7, 0.8, 0.55, 0.9],
+    })
+    curve = anytime_curve(history, stopped={"b"})
+    # arrival: a1 b1 a2 c1 a3 c2 (a2 and c1 in the same second: by trial)
+    assert curve.epochs == [1, 2, 3, 4, 5, 6]
+    assert curve.best == [0.5, 0.8, 0.8, 0.8, 0.8, 0.9]
+    assert curve.stops == [2]  # b's only epoch was the 2nd the search trained
+    assert curve.epochs_to_reach(0.8) == 2 and curve.epochs_to_reach(0.9) == 6 and curve.epochs_to_reach(0.95) is None
