@@ -250,7 +250,10 @@ def build(
         # The test split, read once, now that the members are fixed.
         test = load_test(spec.data.dataset)
         probs = predict(test.images, "test")
-        rows += [Row(name(m), "test", 1, accuracy(probs[m.trial_id][0], test.labels)) for m in members]
+        for m in members:  # each member as the ensemble is measured: with and without TTA
+            single, tta_mean = probs[m.trial_id]
+            rows += [Row(name(m), "test", 1, accuracy(single, test.labels)),
+                     Row(name(m), "test", n, accuracy(tta_mean, test.labels))]
         rows += ensemble_rows("test", probs, test.labels)
 
         directory = location.join(experiment, ENSEMBLE_DIR)

@@ -62,8 +62,10 @@ def test_ensemble_table_and_round_trip(experiment, tmp_path, monkeypatch):
     # every member, with and without TTA, and the ensemble were measured on one read of each split
     assert reads == {"test": 1, "train_val": 1}
     names = {(r.name.split(" ")[0], r.split, r.tta_views) for r in result.rows}
-    assert {("member", "val", 1), ("member", "val", 3), ("ensemble", "val", 1), ("ensemble", "val", 3),
-            ("ensemble", "test", 1), ("ensemble", "test", 3)} <= names
+    # like with like: every member and the ensemble, with and without TTA, on both splits
+    assert names == {(who, split, views) for who in ("member", "ensemble") for split in ("val", "test")
+                     for views in (1, 3)}
+    assert len(result.rows) == (3 + 1) * 2 * 2
     assert len(result.members) == 3
     saved = work / experiment.name / "ensemble"
     manifest = json.loads((saved / "manifest.json").read_text())
