@@ -27,10 +27,12 @@ SCRATCH_TRIALS = 64  # more than fit in the budget: the budget, not the count, e
 
 
 def summary(grid, wall: float) -> dict:
-    best = max((r.metrics_dataframe["val_accuracy"].max() for r in grid if r.metrics_dataframe is not None),
-               default=float("nan"))
+    # a trial the budget ended before its first epoch has no reports
+    frames = [r.metrics_dataframe for r in grid
+              if r.metrics_dataframe is not None and "val_accuracy" in r.metrics_dataframe]
+    best = max((frame["val_accuracy"].max() for frame in frames), default=float("nan"))
     backbones = sorted({r.config["backbone"] for r in grid})
-    epochs = sum(len(r.metrics_dataframe) for r in grid if r.metrics_dataframe is not None)
+    epochs = sum(len(frame) for frame in frames)
     return {"wall_s": round(wall, 1), "trials_started": len(grid), "epochs": epochs, "backbones": backbones,
             "best_val_accuracy": round(float(best), 4)}
 
