@@ -296,9 +296,9 @@ def run_rounds(config: Config, location: Location, steps: rounds.Steps, stop: An
             closed = study.close_orphans(study.local_path(location, config.search.name), config.search.name)
             if closed:
                 log.info("study: %d suggestions of an interrupted driver marked failed", closed)
-            study.upload(location, config.search.name)
             if grid.num_errors == 0:
                 rounds.record(location, config.search.name, rounds.finished(round_))
+        study.upload(location, config.search.name)  # stopped too: the resume may run elsewhere
     return grids
 
 

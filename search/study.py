@@ -51,17 +51,17 @@ def storage_url(path: Path) -> str:
 
 
 def fetch(location: Location, experiment: str) -> Path:
-    """The study's local file, brought down from remote storage when it is there (the
-    stored copy is the search's; a local copy may be from another machine's run)."""
+    """The study's local file. This machine's working copy is kept when there is one: it
+    is at least as new as anything this machine uploaded (a stopped or killed driver may
+    not have uploaded its last suggestions). Otherwise the stored copy is brought down
+    (a resume on another machine, e.g. a new head pod)."""
     path = local_path(location, experiment)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if location.is_remote:
+    if location.is_remote and not path.exists():
         remote = location.join(experiment, STUDY_DB)
         if location.exists(remote):
             pafs.copy_files(remote, str(path), source_filesystem=location.filesystem,
                             destination_filesystem=pafs.LocalFileSystem())
-        elif path.exists():
-            path.unlink()  # a stale copy of a search that no longer exists
     return path
 
 
@@ -113,6 +113,10 @@ class StudySearch(OptunaSearch):
             # A resumed search trains again what its driver finished after Tune's last
             # snapshot; the study already holds that trial's end.
             log.debug("trial %s already finished in the study", trial_id)
+        except Exception as exc:  # noqa: BLE001
+            # The study mirrors the search; Tune's state is the record. A study that lost
+            # a trial (a stale copy brought down on another machine) must not stop it.
+            log.warning("study: epoch of trial %s not recorded: %s", trial_id, str(exc).splitlines()[0])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from optuna.trial import TrialState
