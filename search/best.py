@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from trainables.checkpoint import STATE_FILE
+from trainables.metrics import VAL_ACCURACY
 from trainables.storage import Location, resolve
 
 BEST_DIR = "best"
@@ -25,7 +26,7 @@ BEST_DIR = "best"
 # once this many newer ones exist, and Tune forces a snapshot as soon as a trial has
 # written this many since the last one (ray/tune/execution/experiment_state.py).
 KEEP_LATEST = 3
-METRIC = "val_accuracy"
+METRIC = VAL_ACCURACY
 
 
 def best_dir(location: Location, experiment: str, trial_id: str) -> str:

@@ -20,6 +20,7 @@ from search.resources import DRIVER_CPU, worker_bundle, worker_precision
 from search.space import param_space
 from search.study import StudySearch, UploadStudy
 from trainables import strategy as strategies
+from trainables.metrics import VAL_ACCURACY
 from trainables.params import hyperparams_from
 from trainables.spec import TrialSpec
 from trainables.storage import Location, resolve
@@ -27,7 +28,7 @@ from trainables.strategy import limit_threads
 
 log = logging.getLogger(__name__)
 
-METRIC = "val_accuracy"
+METRIC = VAL_ACCURACY
 MODE = "max"
 TIME_ATTR = "epoch"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +28,20 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables.metrics import EPOCH, PLANNED_EPOCHS
 from trainables.storage import Location
+from trainables.weights import CACHE_ROOT
 
 log = logging.getLogger(__name__)
 
 STUDY_DB = "study.db"
-# Working copies of remote studies (SQLite cannot live on gs://).
-CACHE_ENV = "HPSEARCH_CACHE"
 
 
 def local_path(location: Location, experiment: str) -> Path:
     """Where the driver keeps the study's SQLite file."""
     if not location.is_remote:
         return Path(location.join(experiment, STUDY_DB))
-    cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "hpsearch"))
+    # a working copy (SQLite cannot live on gs://), in this machine's hpsearch cache
     key = hashlib.sha256(location.join(experiment).encode()).hexdigest()[:16]
-    return cache / "studies" / key / STUDY_DB
+    return CACHE_ROOT / "studies" / key / STUDY_DB
 
 
 def storage_url(path: Path) -> str:
@@ -76,7 +74,8 @@ def upload(location: Location, experiment: str) -> None:
 
 
 class UploadStudy(tune.Callback):
-    """Uploads the study after each finished trial and when the run ends."""
+    """Uploads the study after each finished trial (``run_rounds`` uploads it once more
+    when a run ends or is stopped)."""
 
     def __init__(self, location: Location, experiment: str) -> None:
         self.location = location
@@ -88,8 +87,6 @@ class UploadStudy(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         upload(self.location, self.experiment)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        upload(self.location, self.experiment)
 
 
 class StudySearch(OptunaSearch):

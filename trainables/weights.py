@@ -18,7 +18,10 @@ from trainables.errors import InputError
 from trainables.storage import resolve
 
 WEIGHTS_DIR = "weights"
-CACHE = Path(os.environ.get("HPSEARCH_CACHE", Path.home() / ".cache" / "hpsearch")) / WEIGHTS_DIR
+# This machine's cache of hpsearch files (weights here; search.study keeps its working
+# copies of remote studies beside them).
+CACHE_ROOT = Path(os.environ.get("HPSEARCH_CACHE", Path.home() / ".cache" / "hpsearch"))
+CACHE = CACHE_ROOT / WEIGHTS_DIR
 
 
 def staged_uri(storage_uri: str, backbone: str) -> str:
