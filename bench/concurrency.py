@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from searches import busy_fraction, machine, run_search  # noqa: E402
+from searches import busy_fraction, commit, machine, run_search  # noqa: E402
 
 
 def config(trials: int) -> dict:
@@ -61,6 +61,7 @@ def main() -> None:
     result = {
         "benchmark": "concurrency",
         "machine": machine(),
+        "commit": commit(),
         "trials": len(intervals),
         "max_concurrent_trials": 2,
         "wall_s": round(wall, 1),

@@ -1,17 +1,21 @@
 """What running a trial under Tune + Ray Train costs over the same training bare.
 
-Runs, side by side in one invocation:
+Runs, side by side in one invocation, one trial (EfficientNet-B0 from scratch on
+scikit-learn's digits at 32 px, the same seed and the same sampled values):
 
-- **bare**: a fresh Python process that trains the trial with ``train_trial`` (no Ray);
+- **bare**: a fresh Python process that trains the trial with ``train_trial`` under the
+  same tf.distribute strategy (``single``: the default strategy; ``mwms``: a
+  MultiWorkerMirroredStrategy of one worker), no Ray;
 - **tune+train**: a one-trial search on a local Ray started beforehand (a cluster is
-  already up when users search), whose trial is a Ray Train ``TensorflowTrainer`` of one
-  MultiWorkerMirrored worker holding the same CPUs.
+  already up when users search): ``single`` trains in Tune's trial process, ``mwms`` in
+  a Ray Train ``TensorflowTrainer`` of one worker holding the same CPUs.
 
 Both wall times run from "go" to the last epoch's result, so both include starting
-Python, importing TensorFlow, loading data, building and tracing the model. Prints the
-ratio and writes ``bench/results/overhead_<N>epochs.json``.
+Python, importing TensorFlow, loading data, building and tracing the model. Both sides
+run with ``TF_DETERMINISTIC_OPS=1``, so the same work gives the same accuracy. Prints
+the ratio and writes ``bench/results/overhead_<strategy>_<N>epochs.json``.
 
-    python bench/overhead.py [--epochs 2]
+    python bench/overhead.py [--strategy mwms] [--epochs 2]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,9 +35,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 CPUS = os.cpu_count() or 1
+# Same seed, same work, same result: TensorFlow's deterministic kernels on both sides.
+ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+SAMPLED = {"backbone": "B0", "cutout_fraction": 0.2, "cutout_count": 1, "dropout": 0.2, "warmup_epochs": 0,
+           "max_lr": 0.01}
 
 
-def config_dict(epochs: int, storage: str) -> dict:
+def resources(strategy: str) -> dict:
+    if strategy == "single":
+        return {"strategy": "single", "cpus_per_worker": CPUS}
+    # the trial's own process holds 0.01 CPU beside its Train worker
+    return {"strategy": "mwms", "workers": 1, "cpus_per_worker": CPUS - 0.01}
+
+
+def config_dict(epochs: int, storage: str, strategy: str = "mwms") -> dict:
     return {
         "data": {"dataset": "digits", "image_size": 32},
         # One point: the same trial either way.
@@ -42,35 +58,39 @@ def config_dict(epochs: int, storage: str) -> dict:
                    "weights": "none", "flip": False},
         "search": {"name": "overhead", "num_trials": 1, "max_concurrent_trials": 1, "seed": 0,
                    "grace_epochs": epochs},
-        "resources": {"strategy": "mwms", "workers": 1, "cpus_per_worker": CPUS - 0.01},
+        "resources": resources(strategy),
         "storage": {"path": storage},
     }
 
 
-def bare(epochs: int) -> None:
+def bare(epochs: int, strategy: str) -> None:
     """The trial in this process, no Ray (run as a subprocess by main)."""
     from search.config import config_from_dict
     from search.run import trial_spec
-    from trainables.train import train_trial
+    from trainables.strategy import limit_threads, make_strategy
+    from trainables.train import WorkerContext, train_trial
 
-    config = config_from_dict(config_dict(epochs, tempfile.mkdtemp()))
-    sampled = {"backbone": "B0", "cutout_fraction": 0.2, "cutout_count": 1, "dropout": 0.2,
-               "warmup_epochs": 0, "max_lr": 0.01}
+    config = config_from_dict(config_dict(epochs, tempfile.mkdtemp(), strategy))
+    shape = config.resources.shape_for("B0")
+    limit_threads(shape.cpus_per_worker)
+    # without TF_CONFIG, MultiWorkerMirroredStrategy is one local worker
+    context = WorkerContext(make_strategy(strategy))
     stamps = []
-    metrics = train_trial(trial_spec(config, sampled), lambda m, d: stamps.append(time.time()))
+    metrics = train_trial(trial_spec(config, SAMPLED),
+                          lambda m, d: (stamps.append(time.time()), shutil.rmtree(d)), context=context)
     print(json.dumps({"val_accuracy": metrics["val_accuracy"], "epoch_stamps": stamps}))
 
 
-def time_bare(epochs: int) -> tuple[float, float, list[float]]:
+def time_bare(epochs: int, strategy: str) -> tuple[float, float, list[float]]:
     start, wall_start = time.perf_counter(), time.time()
-    out = subprocess.run([sys.executable, __file__, "--bare", "--epochs", str(epochs)], check=True,
-                         capture_output=True, text=True, cwd=ROOT).stdout
+    out = subprocess.run([sys.executable, __file__, "--bare", "--epochs", str(epochs), "--strategy", strategy],
+                         check=True, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **ENV}).stdout
     wall = time.perf_counter() - start
     result = json.loads(out.strip().splitlines()[-1])
     return wall, result["val_accuracy"], [round(t - wall_start, 1) for t in result["epoch_stamps"]]
 
 
-def time_tune_train(epochs: int) -> tuple[float, float, float, list[float]]:
+def time_tune_train(epochs: int, strategy: str) -> tuple[float, float, float, list[float]]:
     import ray
 
     from searches import EpochClock
@@ -81,10 +101,10 @@ def time_tune_train(epochs: int) -> tuple[float, float, float, list[float]]:
 
     start = time.perf_counter()
     ray.init(num_cpus=CPUS, logging_level="ERROR", _node_ip_address="127.0.0.1", include_dashboard=False,
-             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+             runtime_env={"env_vars": ENV})
     ray_start = time.perf_counter() - start
     try:
-        config = config_from_dict(config_dict(epochs, tempfile.mkdtemp()))
+        config = config_from_dict(config_dict(epochs, tempfile.mkdtemp(), strategy))
         clock = EpochClock()
         start, wall_start = time.perf_counter(), time.time()
         grid = build_tuner(config, resolve(config.storage.path), callbacks=[clock]).fit()
@@ -100,15 +120,16 @@ def time_tune_train(epochs: int) -> tuple[float, float, float, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--strategy", choices=["single", "mwms"], default="mwms")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
-        bare(args.epochs)
+        bare(args.epochs, args.strategy)
         return
-    bare_s, bare_acc, bare_epochs = time_bare(args.epochs)
+    bare_s, bare_acc, bare_epochs = time_bare(args.epochs, args.strategy)
     print(f"bare:       {bare_s:7.1f} s  epochs done at {bare_epochs} s (val_accuracy {bare_acc:.3f})", flush=True)
-    tuned_s, ray_start_s, tuned_acc, tuned_epochs = time_tune_train(args.epochs)
-    from searches import machine
+    tuned_s, ray_start_s, tuned_acc, tuned_epochs = time_tune_train(args.epochs, args.strategy)
+    from searches import commit, machine
 
     print(f"tune+train: {tuned_s:7.1f} s  epochs done at {tuned_epochs} s (val_accuracy {tuned_acc:.3f}; "
           f"ray.init {ray_start_s:.1f} s not counted)")
@@ -117,7 +138,9 @@ def main() -> None:
     result = {
         "benchmark": "overhead",
         "machine": machine(),
+        "strategy": args.strategy,
         "epochs": args.epochs,
+        "commit": commit(),
         "bare_s": round(bare_s, 2),
         "tune_train_s": round(tuned_s, 2),
         "ray_init_s": round(ray_start_s, 2),
@@ -126,7 +149,7 @@ def main() -> None:
         "goal": 1.15,
         "val_accuracy": {"bare": bare_acc, "tune_train": tuned_acc},
     }
-    out = ROOT / "bench" / "results" / f"overhead_{args.epochs}epochs.json"
+    out = ROOT / "bench" / "results" / f"overhead_{args.strategy}_{args.epochs}epochs.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

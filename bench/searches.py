@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,14 @@ from ray.tune import Callback
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    """The code a result was measured on (the working tree's HEAD, '+' if it had changes)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 @dataclass

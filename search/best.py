@@ -5,12 +5,20 @@ restores from; see ``search.run.run_config``), so the best epoch's checkpoint ma
 off. The trial's reporter therefore copies every new best into the experiment's
 ``best/<trial id>/epoch_NNNN/`` (then removes the previous best), and the trials table
 and the ensemble read it from there.
+
+The copy runs on a thread of its own while the next epoch trains: the epoch's files
+are hard-linked into a private directory first (instant), so the reporter may hand the
+checkpoint directory on (Ray Train's asynchronous upload deletes it when done) at once.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +57,8 @@ class BestKeeper:
         self.location = resolve(experiment_uri)
         self.directory = self.location.join(BEST_DIR, trial_id)
         self.best = self._recorded_best()  # a resumed trial continues from what it kept
+        self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpsearch-best")
+        self._pending: Future | None = None
 
     def _kept(self) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(self.directory, allow_not_found=True)
@@ -65,23 +75,57 @@ class BestKeeper:
         return best
 
     def offer(self, metrics: dict[str, Any], directory: Path | None) -> None:
-        """Keep ``directory`` if its epoch is the best so far (ties keep the earlier)."""
+        """Keep ``directory`` if its epoch is the best so far (ties keep the earlier).
+
+        Returns once the files are linked aside; the copy into storage follows on this
+        keeper's thread. A failed copy is raised here, at the next offer, or by
+        :meth:`close`.
+        """
         value = metrics.get(METRIC)
         if directory is None or value is None or not value > self.best:
             return
-        older = self._kept()
-        target = epoch_dir(self.directory, int(metrics["epoch"]))
-        self.location.filesystem.create_dir(target, recursive=True)
-        # The state file last: a copy without it is never taken for a best.
-        files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
-        for path in sorted(files, key=lambda p: p.name == STATE_FILE):
-            relative = path.relative_to(directory).as_posix()
-            pafs.copy_files(str(path), f"{target}/{relative}", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.location.filesystem)
+        self._wait()  # one copy at a time, in epoch order
+        staged = Path(tempfile.mkdtemp(prefix="hpsearch-best-")) / "checkpoint"
+        shutil.copytree(directory, staged, copy_function=_link_or_copy)
         self.best = float(value)
-        for info in older:
-            if info.path.rstrip("/") != target.rstrip("/"):
-                self.location.filesystem.delete_dir(info.path)
+        self._pending = self._copier.submit(self._keep, staged, int(metrics["epoch"]))
+
+    def close(self) -> None:
+        """Wait for the last copy (raising its error, if any) and stop the thread."""
+        try:
+            self._wait()
+        finally:
+            self._copier.shutdown(wait=True)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _keep(self, staged: Path, epoch: int) -> None:
+        try:
+            older = self._kept()
+            target = epoch_dir(self.directory, epoch)
+            self.location.filesystem.create_dir(target, recursive=True)
+            # The state file last: a copy without it is never taken for a best.
+            files = sorted(p for p in staged.rglob("*") if p.is_file())
+            for path in sorted(files, key=lambda p: p.name == STATE_FILE):
+                relative = path.relative_to(staged).as_posix()
+                pafs.copy_files(str(path), f"{target}/{relative}", source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=self.location.filesystem)
+            for info in older:
+                if info.path.rstrip("/") != target.rstrip("/"):
+                    self.location.filesystem.delete_dir(info.path)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """A hard link (no bytes copied); a copy where the two paths are on different disks."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def kept_best(location: Location, experiment: str, trial_id: str, epoch: int) -> str | None:

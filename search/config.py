@@ -115,6 +115,9 @@ class ResourcesConfig(Shape):
     # training step. None means: on where it pays (GPU and TPU), off on CPUs.
     mixed_precision: bool | None = None
     xla: bool | None = None
+    # Training steps per compiled call (Keras's steps_per_execution): the host starts a
+    # call and reads its results back once per call. None: a whole epoch per call.
+    steps_per_execution: int | None = None
     # On an autoscaling cluster, nodes a trial needs may not exist yet: warn instead of
     # refusing to start when the cluster cannot hold a trial right now.
     wait_for_autoscaler: bool = False
@@ -249,7 +252,7 @@ def config_to_dict(config: Any) -> dict:
 
 # What `hpsearch run --resume` may change: how many trials in all (more adds trials) and
 # how many run at once. Any other change would mix two recipes or spaces in one search.
-RESUMABLE_FIELDS = ("search.num_trials", "search.max_concurrent_trials")
+RESUMABLE_FIELDS = ("search.num_trials", "search.max_concurrent_trials", "resources.steps_per_execution")
 
 
 def changed_fields(recorded: dict, current: dict, prefix: str = "") -> list[str]:
@@ -393,6 +396,9 @@ def _check_rules(config: Config) -> None:
             "recipe.weights", f"must be imagenet, none or a weights file path, got {weights!r}"
         )
     _check_shapes(config)
+    if config.resources.steps_per_execution is not None and config.resources.steps_per_execution < 1:
+        raise ConfigError("resources.steps_per_execution",
+                          f"must be >= 1 (or unset: a whole epoch per call), got {config.resources.steps_per_execution}")
     if config.search.grace_epochs > config.max_epochs:
         raise ConfigError(
             "search.grace_epochs",

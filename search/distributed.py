@@ -31,7 +31,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     limit_threads(config["cpus_per_worker"])
     strategy = make_strategy(config["strategy"])
-    worker = WorkerContext(strategy, context.get_world_size(), context.get_world_rank(), config["precision"])
+    worker = WorkerContext(strategy, context.get_world_size(), context.get_world_rank(), config["precision"],
+                           steps_per_execution=config["steps_per_execution"])
     spec: TrialSpec = config["spec"]
     digest_dir = config.get("digest_dir")
     best = BestKeeper(*config["keep_best"]) if config.get("keep_best") and worker.is_chief else None
@@ -42,14 +43,21 @@ def worker_loop(config: dict[str, Any]) -> None:
         if digest_dir:  # tests compare the replicas' weights through these files
             Path(digest_dir, f"rank{worker.worker_index}_epoch{metrics['epoch']}.txt").write_text(metrics["weights_digest"])
         checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        # Uploaded on Ray Train's thread while the next epoch trains; Ray Train deletes
+        # the local directory after the upload and reports the epoch to Tune then, so a
+        # checkpoint Tune knows of is always complete in storage.
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        train_trial(spec, report, context=worker)
-        return
-    with checkpoint.as_directory() as directory:
-        train_trial(spec, report, context=worker, resume_from=Path(directory))
+    try:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            train_trial(spec, report, context=worker)
+            return
+        with checkpoint.as_directory() as directory:
+            train_trial(spec, report, context=worker, resume_from=Path(directory))
+    finally:
+        if best is not None:
+            best.close()
 
 
 def scaling_config(shape: Shape) -> Any:
@@ -98,6 +106,7 @@ def make_trainer(
             "strategy": shape.strategy,
             "cpus_per_worker": shape.cpus_per_worker,
             "precision": worker_precision(resources, shape),
+            "steps_per_execution": resources.steps_per_execution,
             "digest_dir": digest_dir,
             # (experiment URI, trial id): rank 0 keeps the best epoch's checkpoint there
             "keep_best": keep_best,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,26 +88,38 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) 
 
     Resumes from Tune's checkpoint when the trial is restored (a retried failure or a
     resumed search), so a trial never starts over from epoch 0.
+
+    Tune's function API persists a reported checkpoint before ``tune.report`` returns
+    (it has no asynchronous mode, and its stop protocol needs the report on the
+    training thread); the copy of a new best runs on the BestKeeper's thread.
     """
     from trainables.train import WorkerContext, train_trial
 
     spec = trial_spec(config, sampled)
     shape = config.resources.shape_for(spec.hp.backbone)
     limit_threads(shape.cpus_per_worker)
-    context = WorkerContext(precision=worker_precision(config.resources, shape))
+    context = WorkerContext(precision=worker_precision(config.resources, shape),
+                            steps_per_execution=config.resources.steps_per_execution)
     best = BestKeeper(experiment_uri, tune.get_context().get_trial_id())
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         best.offer(metrics, directory)
         checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory else None
-        tune.report(metrics, checkpoint=checkpoint)
+        try:
+            tune.report(metrics, checkpoint=checkpoint)
+        finally:
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        train_trial(spec, report, context=context)
-        return
-    with checkpoint.as_directory() as directory:
-        train_trial(spec, report, context=context, resume_from=Path(directory))
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            train_trial(spec, report, context=context)
+            return
+        with checkpoint.as_directory() as directory:
+            train_trial(spec, report, context=context, resume_from=Path(directory))
+    finally:
+        best.close()
 
 
 # Ray Train keeps each distributed trial's runs here, inside the experiment directory.
@@ -216,6 +229,13 @@ def build_tuner(
             num_samples=round_.num_trials,
             max_concurrent_trials=config.search.max_concurrent_trials,
             time_budget_s=time_budget_s,
+            # No actor reuse, though it would save each trial a process start and a
+            # TensorFlow import: a reused actor starts its next trial at once, before
+            # Tune's next experiment snapshot records that trial, so a driver killed
+            # then loses the trial's epochs on resume (tests/search/test_resume.py's
+            # "every trial begun is kept" failed with it). Distributed trials could not
+            # use it anyway: a stopped one's actor must be killed to free its workers.
+            reuse_actors=False,
         ),
         run_config=run_config(config, location, callbacks, round_.number),
     )

@@ -142,7 +142,7 @@ def make_experiment(root: Path, name: str = "exp") -> tuple[Path, list[TrainedTr
 
         def keep(metrics, directory, trial_dir=trial_dir, reports=reports):
             target = trial_dir / f"checkpoint_{metrics['epoch']:06d}"
-            shutil.copytree(directory, target)
+            shutil.move(directory, target)  # the reporter owns the directory
             reports.append((metrics, target))
 
         train_trial(spec, keep)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, build_model, set_phase
 from trainables.metrics import ATTEMPT, PLANNED_EPOCHS
 from trainables.schedule import learning_rate
+from trainables.schedule_graph import phase2_rate
 from trainables.spec import TrialSpec
 from trainables.splits import TrainVal
 from trainables.strategy import Precision
@@ -39,8 +39,9 @@ from trainables.strategy import Precision
 log = logging.getLogger(__name__)
 
 # Called once per epoch with the metrics and the checkpoint directory of that epoch
-# (None on workers that do not write checkpoints). The directory may be deleted after
-# the call returns, so a reporter that keeps it must copy it.
+# (None on workers that do not write checkpoints). The reporter takes the directory
+# over: it may hand it to an upload that runs while the next epoch trains, and it
+# deletes it (or has it deleted) when done with it.
 Reporter = Callable[[dict[str, Any], "Path | None"], None]
 
 
@@ -52,6 +53,8 @@ class WorkerContext:
     num_workers: int = 1
     worker_index: int = 0
     precision: Precision = Precision()
+    # Training steps per compiled call (see PhaseStep); None: a whole epoch per call.
+    steps_per_execution: int | None = None
 
     @property
     def is_chief(self) -> bool:
@@ -71,31 +74,65 @@ def step_learning_rate(spec: TrialSpec, epoch: int, step: int, steps_per_epoch: 
     return learning_rate(spec.schedule, epoch - recipe.head_epochs + step / steps_per_epoch)
 
 
+def phase_rate(spec: TrialSpec, phase: str, steps_per_epoch: int) -> float | Callable[[tf.Tensor], tf.Tensor]:
+    """:func:`step_learning_rate` for :class:`PhaseStep`: the head's constant, or phase
+    2's rule as ops of the phase's step counter."""
+    if phase == "head":
+        return spec.recipe.head_lr
+    return lambda step: phase2_rate(spec.schedule, step, steps_per_epoch)
+
+
+def first_step(spec: TrialSpec, epoch: int, steps_per_epoch: int) -> int:
+    """The phase's step counter when ``epoch`` (0-based) starts."""
+    head = spec.recipe.head_epochs
+    return (epoch if epoch < head else epoch - head) * steps_per_epoch
+
+
 class PhaseStep:
-    """The optimizer and compiled training step of one phase.
+    """The optimizer and compiled training steps of one phase.
 
     Built anew when the phase changes: unfreezing changes the trainable variables, and
     a fresh SGD starts phase 2 with no momentum from the head phase (as recompiling does
     in docs/recipe.md section 5). Build it inside ``strategy.scope()``.
+
+    :meth:`run_epoch` keeps the host out of the loop: ``steps_per_execution`` steps run
+    in one compiled call (Keras's ``steps_per_execution``), each step's learning rate is
+    computed in the graph from the phase's step counter, and loss and accuracy are summed
+    on the device and read once per epoch. ``train_step`` is one step with the rate as
+    it stands (tests and the memory benchmark use it).
+
+    Args:
+        learning_rate: a constant, or a function of the phase's step counter (an int64
+            scalar tensor) that returns the rate as ops (see trainables.schedule_graph).
+        steps_per_execution: steps per compiled call; None runs a whole epoch per call.
     """
 
     def __init__(
         self,
         model: keras.Model,
         *,
-        learning_rate: float,
+        learning_rate: float | Callable[[tf.Tensor], tf.Tensor],
         momentum: float,
         strategy: tf.distribute.Strategy,
         global_batch: int,
         precision: Precision = Precision(),
         micro_batches: int = 1,
+        steps_per_execution: int | None = None,
     ):
-        self.optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+        rate = learning_rate if callable(learning_rate) else (lambda step: tf.constant(learning_rate, tf.float32))
+        initial_rate = learning_rate if not callable(learning_rate) else float(learning_rate(tf.constant(0, tf.int64)))
+        self.optimizer = keras.optimizers.SGD(learning_rate=initial_rate, momentum=momentum)
         if precision.policy == "mixed_float16":
             # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
             self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
         variables = model.trainable_variables
         self.optimizer.build(variables)
+        self.steps_per_execution = steps_per_execution
+        # The schedule's clock (not the optimizer's iterations, which a loss-scaling
+        # optimizer does not advance on the steps it skips), and the epoch's sums.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase_step")
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="loss_sum")
+        self.correct_sum = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="correct_sum")
 
         def gradients(images: tf.Tensor, labels: tf.Tensor) -> tuple[list, tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
@@ -129,13 +166,44 @@ class PhaseStep:
             self.optimizer.apply_gradients(zip(grads, variables))
             return loss, correct
 
-        @tf.function(jit_compile=precision.jit_compile)
-        def train_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def one_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             loss, correct = strategy.run(replica_step, args=(images, labels))
             sum_ = tf.distribute.ReduceOp.SUM
             return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, correct, axis=None)
 
+        @tf.function(jit_compile=precision.jit_compile)
+        def train_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return one_step(images, labels)
+
+        @tf.function
+        def train_steps(iterator: Any, count: tf.Tensor) -> None:
+            # A graph loop (autograph): one trace serves every count.
+            for _ in tf.range(count):
+                self.optimizer.learning_rate.assign(rate(self.step))
+                images, labels = next(iterator)
+                loss, correct = one_step(images, labels)
+                self.loss_sum.assign_add(tf.cast(loss, tf.float32))
+                self.correct_sum.assign_add(correct)
+                self.step.assign_add(1)
+
         self.train_step = train_step
+        self.train_steps = train_steps
+
+    def run_epoch(self, dataset: Any, steps: int, first_step: int) -> tuple[float, float]:
+        """Train ``steps`` steps on ``dataset`` (a tf.data or distributed dataset).
+
+        ``first_step`` is the phase's step counter at the epoch's start (it sets the
+        schedule's clock, so a resumed epoch gets the rates it would have had). Returns
+        the epoch's summed loss and correct count: the only values read back.
+        """
+        self.step.assign(first_step)
+        self.loss_sum.assign(0.0)
+        self.correct_sum.assign(0.0)
+        iterator = iter(dataset)
+        chunk = self.steps_per_execution or steps
+        for done in range(0, steps, chunk):
+            self.train_steps(iterator, tf.constant(min(chunk, steps - done), tf.int64))
+        return float(self.loss_sum.numpy()), float(self.correct_sum.numpy())
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -229,70 +297,59 @@ def train_trial(
 
     phase_name, phase = None, None
     metrics: dict[str, Any] = {}
-    scratch = Path(tempfile.mkdtemp(prefix="hpsearch-ckpt-"))
-    try:
-        for epoch in range(start_epoch, spec.total_epochs):
-            if phase_of(epoch, recipe.head_epochs) != phase_name:
-                phase_name = phase_of(epoch, recipe.head_epochs)
-                set_phase(model, phase_name, model_spec)
-                with strategy.scope():
-                    phase = PhaseStep(
-                        model,
-                        learning_rate=recipe.head_lr,
-                        momentum=recipe.momentum,
-                        strategy=strategy,
-                        global_batch=batch_size,
-                        precision=context.precision,
-                        micro_batches=spec.micro_batches,
-                    )
-                if resume_from is not None and epoch == start_epoch and state.phase == phase_name:
-                    ckpt.restore_optimizer(resume_from, phase.optimizer)
-            dataset = train_dataset(
-                data.train.images,
-                data.train.labels,
-                per_replica_batch,
-                spec.augment,
-                spec.seed,
-                epoch,
-                shard=shard,
-            ).repeat().take(steps_per_epoch * local_replicas)
-            if replicas > 1:
-                # Already this worker's shard in per-replica batches: hand it over as is
-                # (no auto-sharding, no re-batching); each step takes one batch per local
-                # replica.
-                own = dataset
-                dataset = strategy.distribute_datasets_from_function(lambda _: own)
-            loss_sum, correct_sum, seen = 0.0, 0.0, 0
-            for step, (images, labels) in enumerate(dataset):
-                phase.optimizer.learning_rate.assign(step_learning_rate(spec, epoch, step, steps_per_epoch))
-                loss, correct = phase.train_step(images, labels)
-                loss_sum += float(loss)
-                correct_sum += float(correct)
-                seen += batch_size
-            metrics = {
-                "epoch": epoch + 1,
-                PLANNED_EPOCHS: spec.total_epochs,
-                ATTEMPT: attempt,
-                "phase": phase_name,
-                "lr": float(phase.optimizer.learning_rate.numpy()),
-                "train_loss": loss_sum / max(step + 1, 1),
-                "train_accuracy": correct_sum / max(seen, 1),
-                "val_accuracy": dataset_accuracy(predict, val_data),
-            }
-            if context.num_workers > 1:
-                # Replicas of one trial must hold identical weights; this digest shows it.
-                metrics["weights_digest"] = weights_digest(model)
-                metrics["replicas_in_sync"] = replicas_agree(strategy, metrics["weights_digest"])
-            log.info("epoch %d/%d %s", epoch + 1, spec.total_epochs, metrics)
-            directory = None
-            if context.is_chief:
-                directory = scratch / f"epoch_{epoch + 1:04d}"
-                ckpt.save_checkpoint(
-                    directory, model, phase.optimizer, ckpt.CheckpointState(spec, epoch + 1, phase_name, metrics)
+    for epoch in range(start_epoch, spec.total_epochs):
+        if phase_of(epoch, recipe.head_epochs) != phase_name:
+            phase_name = phase_of(epoch, recipe.head_epochs)
+            set_phase(model, phase_name, model_spec)
+            with strategy.scope():
+                phase = PhaseStep(
+                    model,
+                    learning_rate=phase_rate(spec, phase_name, steps_per_epoch),
+                    momentum=recipe.momentum,
+                    strategy=strategy,
+                    global_batch=batch_size,
+                    precision=context.precision,
+                    micro_batches=spec.micro_batches,
+                    steps_per_execution=context.steps_per_execution,
                 )
-            report(metrics, directory)
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            if resume_from is not None and epoch == start_epoch and state.phase == phase_name:
+                ckpt.restore_optimizer(resume_from, phase.optimizer)
+        dataset = train_dataset(
+            data.train.images,
+            data.train.labels,
+            per_replica_batch,
+            spec.augment,
+            spec.seed,
+            epoch,
+            shard=shard,
+        ).repeat().take(steps_per_epoch * local_replicas)
+        if replicas > 1:
+            # Already this worker's shard in per-replica batches: hand it over as is
+            # (no auto-sharding, no re-batching); each step takes one batch per local
+            # replica.
+            own = dataset
+            dataset = strategy.distribute_datasets_from_function(lambda _: own)
+        loss_sum, correct_sum = phase.run_epoch(dataset, steps_per_epoch, first_step(spec, epoch, steps_per_epoch))
+        metrics = {
+            "epoch": epoch + 1,
+            PLANNED_EPOCHS: spec.total_epochs,
+            ATTEMPT: attempt,
+            "phase": phase_name,
+            "lr": float(phase.optimizer.learning_rate.numpy()),
+            "train_loss": loss_sum / steps_per_epoch,
+            "train_accuracy": correct_sum / (steps_per_epoch * batch_size),
+            "val_accuracy": dataset_accuracy(predict, val_data),
+        }
+        if context.num_workers > 1:
+            # Replicas of one trial must hold identical weights; this digest shows it.
+            metrics["weights_digest"] = weights_digest(model)
+            metrics["replicas_in_sync"] = replicas_agree(strategy, metrics["weights_digest"])
+        log.info("epoch %d/%d %s", epoch + 1, spec.total_epochs, metrics)
+        directory = None
+        if context.is_chief:
+            directory = Path(tempfile.mkdtemp(prefix=f"hpsearch-ckpt-{epoch + 1:04d}-"))
+            ckpt.save_checkpoint(
+                directory, model, phase.optimizer, ckpt.CheckpointState(spec, epoch + 1, phase_name, metrics)
+            )
+        report(metrics, directory)  # the reporter owns the directory now
     return metrics

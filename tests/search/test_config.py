@@ -86,6 +86,7 @@ BAD = {
     "unknown tpu": ("resources: {strategy: tpu, tpu_accelerator: TPU-V9}", "resources.tpu_accelerator"),
     "bad topology": ("resources: {strategy: tpu, tpu_topology: 2by2}", "resources.tpu_topology"),
     "xla on cpu": ("resources: {strategy: mwms, workers: 2, xla: true}", "resources.xla"),
+    "no steps per call": ("resources: {steps_per_execution: 0}", "resources.steps_per_execution"),
     "batch not divisible": ("recipe: {batch_size: 33}\nresources: {strategy: mwms, workers: 2}", "recipe.batch_size"),
     "staged data on s3": ("data: {dataset: 's3://bucket/cifar'}", "data.dataset"),
 }

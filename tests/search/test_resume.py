@@ -49,6 +49,8 @@ def test_changed_fields_name_every_difference_and_only_those():
     assert resume_refusals(recorded, current) == ["recipe.head_lr: 0.01 -> 0.02"]
     concurrency = {"search": {"num_trials": 4, "seed": 1, "max_concurrent_trials": 9}, "recipe": recorded["recipe"]}
     assert resume_refusals({**recorded, "search": {**recorded["search"], "max_concurrent_trials": 2}}, concurrency) == []
+    # steps per compiled call change no weight (tests/trainables/test_loop.py)
+    assert resume_refusals({"resources": {"steps_per_execution": None}}, {"resources": {"steps_per_execution": 8}}) == []
 
 
 # -- stand-in searches ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -128,6 +129,6 @@ def test_a_trial_trains_on_staged_shards(cifar_dir, tmp_path):
     stage(str(cifar_dir), str(target), validation_fraction=0.2, seed=5, shard_size=100)
     reports = []
     spec = tiny_spec(dataset=str(target), max_train_examples=None, head_epochs=0, warmup_epochs=0)
-    train_trial(spec, lambda metrics, directory: reports.append(metrics))
+    train_trial(spec, lambda metrics, directory: (reports.append(metrics), shutil.rmtree(directory)))
     assert [m["epoch"] for m in reports] == [1]
     assert 0.0 <= reports[0]["val_accuracy"] <= 1.0
