@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 BATCH = 32
 
 
-def setup(steps: int):
+def setup():
     import keras
     import tensorflow as tf
     from sklearn.datasets import load_digits
@@ -63,12 +63,12 @@ def time_hpsearch(steps: int, epochs: int, per_call: int | None, host_loop: bool
     from trainables.schedule_graph import phase2_rate
     from trainables.train import PhaseStep
 
-    data, schedule, make = setup(steps)
+    data, schedule, make = setup()
     model = make()
     rate = (lambda step: phase2_rate(schedule, step, steps))  # noqa: E731
     phase = PhaseStep(model, learning_rate=0.0 if host_loop else rate, momentum=0.9,
                       strategy=tf.distribute.get_strategy(), global_batch=BATCH, steps_per_execution=per_call)
-    iterator = iter(data)
+    iterator = iter(data)  # one iterator for every epoch, as fit keeps one
     stamps, accuracy = [], 0.0
     for epoch in range(epochs):
         if host_loop:
@@ -79,7 +79,7 @@ def time_hpsearch(steps: int, epochs: int, per_call: int | None, host_loop: bool
                 loss_sum += float(loss)
                 correct += float(right)
         else:
-            loss_sum, correct = phase.run_epoch(data.take(steps), steps, epoch * steps)
+            loss_sum, correct = phase.run_epoch(iterator, steps, epoch * steps)
         accuracy = correct / (steps * BATCH)
         stamps.append(time.perf_counter())
     return (stamps[-1] - stamps[0]) / ((epochs - 1) * steps), accuracy
@@ -91,7 +91,7 @@ def time_keras(steps: int, epochs: int, per_call: int) -> tuple[float, float]:
 
     from trainables.schedule_graph import phase2_rate
 
-    data, schedule, make = setup(steps)
+    data, schedule, make = setup()
 
     class Rule(keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step):

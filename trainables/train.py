@@ -190,7 +190,8 @@ class PhaseStep:
         self.train_steps = train_steps
 
     def run_epoch(self, dataset: Any, steps: int, first_step: int) -> tuple[float, float]:
-        """Train ``steps`` steps on ``dataset`` (a tf.data or distributed dataset).
+        """Train ``steps`` steps on ``dataset`` (a tf.data or distributed dataset, or an
+        iterator over one, which carries on where it stands).
 
         ``first_step`` is the phase's step counter at the epoch's start (it sets the
         schedule's clock, so a resumed epoch gets the rates it would have had). Returns
