@@ -51,10 +51,16 @@ def main() -> None:
     two_until_last_start = busy_fraction(intervals, min(s for s, _ in intervals), last_start, 2)
     first_start, last_end = min(s for s, _ in intervals), max(e for _, e in intervals)
     second_last_end = sorted(e for _, e in intervals)[-2]
+    # Hand-overs: each trial after the first two starts in the slot the latest trial end
+    # before it freed; the gap is the time Tune took to start it there.
+    ends = sorted(e for _, e in intervals)
+    handovers = [s - max(e for e in ends if e <= s) for s, _ in sorted(intervals)[2:] if any(e <= s for e in ends)]
     two_while_trials_ran = busy_fraction(intervals, first_start, last_end, 2)
     print(f"{len(intervals)} trials in {wall:.0f} s")
     print(f"before the first trial started: {first_start - start:.1f} s; last trial alone at the end: "
           f"{last_end - second_last_end:.1f} s; after the last trial: {end - last_end:.1f} s")
+    print(f"hand-overs (a trial's end to the next trial's start): "
+          f"{', '.join(f'{h:.1f}' for h in handovers)} s, {sum(handovers):.1f} s in all")
     print(f"share of the search's wall time with 2 trials running: {two:.3f}  (goal >= 0.90)")
     print(f"same, from the first trial's start to the last trial's start: {two_until_last_start:.3f}")
     print(f"same, from the first trial's start to the last trial's end: {two_while_trials_ran:.3f}")
@@ -71,6 +77,7 @@ def main() -> None:
         "seconds_before_first_trial": round(first_start - start, 1),
         "seconds_last_trial_alone": round(last_end - second_last_end, 1),
         "seconds_after_last_trial": round(end - last_end, 1),
+        "handover_seconds": [round(h, 2) for h in handovers],
         "goal": 0.9,
         "trial_seconds": sorted(round(e - s, 1) for s, e in intervals),
     }

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from searches import machine, run_search  # noqa: E402
+from searches import commit, machine, run_search  # noqa: E402
 
 SCRATCH_TRIALS = 64  # more than fit in the budget: the budget, not the count, ends it
 
@@ -51,7 +51,7 @@ def main() -> None:
     from_scratch = summary(grid, wall)
     print(f"from scratch, same budget: {from_scratch}", flush=True)
 
-    result = {"benchmark": "default_vs_scratch", "machine": machine(), "default": default,
+    result = {"benchmark": "default_vs_scratch", "machine": machine(), "commit": commit(), "default": default,
               "scratch": {**from_scratch, "time_budget_s": default["wall_s"]},
               "difference_points": round(100 * (default["best_val_accuracy"] - from_scratch["best_val_accuracy"]), 2)}
     out = ROOT / "bench" / "results" / "default_vs_scratch.json"

@@ -18,11 +18,13 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The code a result was measured on (the working tree's HEAD, '+' if it had changes)."""
+    """The code a result was measured on: the working tree's HEAD, with '+' if tracked
+    files other than the benchmarks' own results had changed."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
-    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
 
 
 @dataclass

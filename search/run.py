@@ -89,10 +89,13 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) 
     Resumes from Tune's checkpoint when the trial is restored (a retried failure or a
     resumed search), so a trial never starts over from epoch 0.
 
-    Tune's function API persists a reported checkpoint before ``tune.report`` returns
-    (it has no asynchronous mode, and its stop protocol needs the report on the
-    training thread); the copy of a new best runs on the BestKeeper's thread.
+    Tune's function API persists a reported checkpoint before ``tune.report`` returns,
+    and ``tune.report`` then waits until Tune's controller asks for the next result
+    (its function trainables report synchronously). The epoch is therefore reported
+    from a thread of its own (``InBackground``) while the next one trains, as Ray
+    Train's asynchronous upload does for distributed trials.
     """
+    from trainables.reporting import InBackground
     from trainables.train import WorkerContext, train_trial
 
     spec = trial_spec(config, sampled)
@@ -111,15 +114,19 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) 
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
 
+    reporter = InBackground(report)
     try:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
-            train_trial(spec, report, context=context)
+            train_trial(spec, reporter, context=context)
             return
         with checkpoint.as_directory() as directory:
-            train_trial(spec, report, context=context, resume_from=Path(directory))
+            train_trial(spec, reporter, context=context, resume_from=Path(directory))
     finally:
-        best.close()
+        try:
+            reporter.close()  # the last epoch is reported before the trial function returns
+        finally:
+            best.close()
 
 
 # Ray Train keeps each distributed trial's runs here, inside the experiment directory.

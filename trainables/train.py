@@ -30,6 +30,7 @@ from trainables.data import load_configured
 from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, build_model, set_phase
 from trainables.metrics import ATTEMPT, PLANNED_EPOCHS
+from trainables.reporting import Reporter
 from trainables.schedule import learning_rate
 from trainables.schedule_graph import phase2_rate
 from trainables.spec import TrialSpec
@@ -37,13 +38,6 @@ from trainables.splits import TrainVal
 from trainables.strategy import Precision
 
 log = logging.getLogger(__name__)
-
-# Called once per epoch with the metrics and the checkpoint directory of that epoch
-# (None on workers that do not write checkpoints). The reporter takes the directory
-# over: it may hand it to an upload that runs while the next epoch trains, and it
-# deletes it (or has it deleted) when done with it.
-Reporter = Callable[[dict[str, Any], "Path | None"], None]
-
 
 @dataclass(frozen=True)
 class WorkerContext:
@@ -129,10 +123,10 @@ class PhaseStep:
         self.optimizer.build(variables)
         self.steps_per_execution = steps_per_execution
         # The schedule's clock (not the optimizer's iterations, which a loss-scaling
-        # optimizer does not advance on the steps it skips), and the epoch's sums.
+        # optimizer does not advance on the steps it skips), and the epoch's summed loss
+        # and correct count (one variable: one update per step).
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase_step")
-        self.loss_sum = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="loss_sum")
-        self.correct_sum = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="correct_sum")
+        self.sums = tf.Variable([0.0, 0.0], dtype=tf.float32, trainable=False, name="loss_correct_sums")
 
         def gradients(images: tf.Tensor, labels: tf.Tensor) -> tuple[list, tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
@@ -177,14 +171,15 @@ class PhaseStep:
 
         @tf.function
         def train_steps(iterator: Any, count: tf.Tensor) -> None:
-            # A graph loop (autograph): one trace serves every count.
-            for _ in tf.range(count):
-                self.optimizer.learning_rate.assign(rate(self.step))
+            # A graph loop (autograph): one trace serves every count. The clock is read
+            # once and advanced once per call; step i's rate is the rule's at start + i.
+            start = self.step.read_value()
+            for i in tf.range(count):
+                self.optimizer.learning_rate.assign(rate(start + i))
                 images, labels = next(iterator)
                 loss, correct = one_step(images, labels)
-                self.loss_sum.assign_add(tf.cast(loss, tf.float32))
-                self.correct_sum.assign_add(correct)
-                self.step.assign_add(1)
+                self.sums.assign_add(tf.stack([tf.cast(loss, tf.float32), correct]))
+            self.step.assign_add(count)
 
         self.train_step = train_step
         self.train_steps = train_steps
@@ -198,13 +193,13 @@ class PhaseStep:
         the epoch's summed loss and correct count: the only values read back.
         """
         self.step.assign(first_step)
-        self.loss_sum.assign(0.0)
-        self.correct_sum.assign(0.0)
+        self.sums.assign([0.0, 0.0])
         iterator = iter(dataset)
         chunk = self.steps_per_execution or steps
         for done in range(0, steps, chunk):
             self.train_steps(iterator, tf.constant(min(chunk, steps - done), tf.int64))
-        return float(self.loss_sum.numpy()), float(self.correct_sum.numpy())
+        loss_sum, correct_sum = self.sums.numpy()
+        return float(loss_sum), float(correct_sum)
 
 
 def weights_digest(model: keras.Model) -> str:

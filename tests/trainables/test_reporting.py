@@ -1,0 +1,44 @@
+"""A reporter on a thread of its own: training goes on while an epoch is reported."""
+
+import threading
+
+import pytest
+
+from trainables.reporting import InBackground
+
+
+def test_a_call_returns_while_the_report_runs_and_epochs_stay_in_order():
+    release = threading.Event()
+    reported, threads = [], set()
+
+    def slow_report(metrics, directory):
+        threads.add(threading.get_ident())
+        assert release.wait(30)
+        reported.append(metrics["epoch"])
+
+    reporter = InBackground(slow_report)
+    reporter({"epoch": 1}, None)
+    assert reported == []  # returned while epoch 1's report is still held
+    release.set()
+    reporter({"epoch": 2}, None)  # waits for epoch 1 first
+    assert reported[0] == 1
+    reporter.close()  # the last epoch is reported before close returns
+    assert reported == [1, 2]
+    assert threading.get_ident() not in threads
+
+
+@pytest.mark.parametrize("error", [OSError("upload failed"), SystemExit(0)])
+def test_what_a_report_raised_is_raised_in_the_training_thread(error):
+    def failing(metrics, directory):
+        raise error
+
+    reporter = InBackground(failing)
+    reporter({"epoch": 1}, None)
+    with pytest.raises(type(error)):
+        reporter({"epoch": 2}, None)
+    reporter.close()
+
+    reporter = InBackground(failing)
+    reporter({"epoch": 1}, None)
+    with pytest.raises(type(error)):
+        reporter.close()

@@ -1,0 +1,47 @@
+"""How a trial hands each epoch on: the reporter protocol, and a reporter that runs
+another on a thread of its own so training never waits for the hand-off."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# Called once per epoch with the metrics and the checkpoint directory of that epoch
+# (None on workers that do not write checkpoints). The reporter takes the directory
+# over: it may hand it to an upload that runs while the next epoch trains, and it
+# deletes it (or has it deleted) when done with it.
+Reporter = Callable[[dict[str, Any], "Path | None"], None]
+
+
+class InBackground:
+    """A :data:`Reporter` that runs ``report`` on a thread of its own.
+
+    Epochs are reported one at a time and in order: a call waits for the previous
+    epoch's report (at most one epoch behind), then returns while this one runs. What
+    the report raised (an upload error; the ``SystemExit`` by which Tune's function API
+    ends a stopped trial) is raised in the training thread at the next call or by
+    :meth:`close`, which the caller must reach (``finally``) so that the last epoch is
+    reported before the trial function returns.
+    """
+
+    def __init__(self, report: Reporter) -> None:
+        self._report = report
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpsearch-report")
+        self._pending: Future | None = None
+
+    def __call__(self, metrics: dict[str, Any], directory: Path | None) -> None:
+        self._wait()
+        self._pending = self._thread.submit(self._report, metrics, directory)
+
+    def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self._thread.shutdown(wait=True)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
