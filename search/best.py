@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import pyarrow.fs as pafs
 
 from trainables.checkpoint import STATE_FILE
 from trainables.metrics import VAL_ACCURACY
+from trainables.reporting import InBackground
 from trainables.storage import Location, resolve
 
 BEST_DIR = "best"
@@ -57,8 +57,8 @@ class BestKeeper:
         self.location = resolve(experiment_uri)
         self.directory = self.location.join(BEST_DIR, trial_id)
         self.best = self._recorded_best()  # a resumed trial continues from what it kept
-        self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpsearch-best")
-        self._pending: Future | None = None
+        # one copy at a time, in epoch order, its errors raised at the next offer or close
+        self._copier = InBackground(self._keep)
 
     def _kept(self) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(self.directory, allow_not_found=True)
@@ -84,28 +84,19 @@ class BestKeeper:
         value = metrics.get(METRIC)
         if directory is None or value is None or not value > self.best:
             return
-        self._wait()  # one copy at a time, in epoch order
         staged = Path(tempfile.mkdtemp(prefix="hpsearch-best-")) / "checkpoint"
         shutil.copytree(directory, staged, copy_function=_link_or_copy)
         self.best = float(value)
-        self._pending = self._copier.submit(self._keep, staged, int(metrics["epoch"]))
+        self._copier(metrics, staged)
 
     def close(self) -> None:
         """Wait for the last copy (raising its error, if any) and stop the thread."""
-        try:
-            self._wait()
-        finally:
-            self._copier.shutdown(wait=True)
+        self._copier.close()
 
-    def _wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def _keep(self, staged: Path, epoch: int) -> None:
+    def _keep(self, metrics: dict[str, Any], staged: Path) -> None:
         try:
             older = self._kept()
-            target = epoch_dir(self.directory, epoch)
+            target = epoch_dir(self.directory, int(metrics["epoch"]))
             self.location.filesystem.create_dir(target, recursive=True)
             # The state file last: a copy without it is never taken for a best.
             files = sorted(p for p in staged.rglob("*") if p.is_file())

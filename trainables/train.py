@@ -160,24 +160,23 @@ class PhaseStep:
             self.optimizer.apply_gradients(zip(grads, variables))
             return loss, correct
 
-        def one_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        @tf.function(jit_compile=precision.jit_compile)
+        def train_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             loss, correct = strategy.run(replica_step, args=(images, labels))
             sum_ = tf.distribute.ReduceOp.SUM
             return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, correct, axis=None)
 
-        @tf.function(jit_compile=precision.jit_compile)
-        def train_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return one_step(images, labels)
-
         @tf.function
         def train_steps(iterator: Any, count: tf.Tensor) -> None:
-            # A graph loop (autograph): one trace serves every count. The clock is read
-            # once and advanced once per call; step i's rate is the rule's at start + i.
+            # A graph loop (autograph): one trace serves every count. Each iteration
+            # calls the compiled step (as Keras's fit does: XLA-compiled where the
+            # precision says so). The clock is read once and advanced once per call;
+            # step i's rate is the rule's at start + i.
             start = self.step.read_value()
             for i in tf.range(count):
                 self.optimizer.learning_rate.assign(rate(start + i))
                 images, labels = next(iterator)
-                loss, correct = one_step(images, labels)
+                loss, correct = train_step(images, labels)
                 self.sums.assign_add(tf.stack([tf.cast(loss, tf.float32), correct]))
             self.step.assign_add(count)
 
