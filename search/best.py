@@ -6,9 +6,11 @@ off. The trial's reporter therefore copies every new best into the experiment's
 ``best/<trial id>/epoch_NNNN/`` (then removes the previous best), and the trials table
 and the ensemble read it from there.
 
-The copy runs on a thread of its own while the next epoch trains: the epoch's files
-are hard-linked into a private directory first (instant), so the reporter may hand the
-checkpoint directory on (Ray Train's asynchronous upload deletes it when done) at once.
+The copy runs on a thread of its own: the epoch's files are hard-linked into a private
+directory first (instant), so the reporter may hand the checkpoint directory on (Ray
+Train's asynchronous upload deletes it when done) at once. A reporter calls
+:meth:`BestKeeper.flush` before it lets Tune see the epoch: Tune may stop the trial on
+that result and kill its process, and a best copy still in flight would be lost.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ class BestKeeper:
         shutil.copytree(directory, staged, copy_function=_link_or_copy)
         self.best = float(value)
         self._copier(metrics, staged)
+
+    def flush(self) -> None:
+        """Wait for the copy in flight, if any (raising its error)."""
+        self._copier.flush()
 
     def close(self) -> None:
         """Wait for the last copy (raising its error, if any) and stop the thread."""

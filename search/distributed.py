@@ -40,6 +40,9 @@ def worker_loop(config: dict[str, Any]) -> None:
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         if best is not None:
             best.offer(metrics, directory)
+            # Tune may stop the trial on this epoch (and kill its workers): a new best is
+            # kept before the epoch is reported, on this thread (only at a new best).
+            best.flush()
         if digest_dir:  # tests compare the replicas' weights through these files
             Path(digest_dir, f"rank{worker.worker_index}_epoch{metrics['epoch']}.txt").write_text(metrics["weights_digest"])
         checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None

@@ -105,8 +105,9 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) 
                             steps_per_execution=config.resources.steps_per_execution)
     best = BestKeeper(experiment_uri, tune.get_context().get_trial_id())
 
-    def report(metrics: dict[str, Any], directory: Path | None) -> None:
+    def report(metrics: dict[str, Any], directory: Path | None) -> None:  # on InBackground's thread
         best.offer(metrics, directory)
+        best.flush()  # Tune may stop the trial on this result: its best is kept first
         checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory else None
         try:
             tune.report(metrics, checkpoint=checkpoint)

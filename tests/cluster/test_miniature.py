@@ -213,6 +213,7 @@ def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_p
         "print(json.dumps({'head': sorted(head), 'trials': trials}))"
     )
     placed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert placed.returncode == 0 and placed.stdout.strip(), placed.stderr[-3000:]
     placement = json.loads(placed.stdout.strip().splitlines()[-1])
     # the resumed job's trial actors at least (those of the job stopped gracefully may be
     # gone from Ray's state by now): none of them on the head

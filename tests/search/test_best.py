@@ -67,4 +67,7 @@ def test_a_failed_copy_is_raised(tmp_path, monkeypatch):
     keeper = BestKeeper(str(tmp_path / "experiment"), "trial_a")
     keeper.offer({"epoch": 1, "val_accuracy": 0.5}, checkpoint(tmp_path, 1, 0.5))
     with pytest.raises(OSError, match="No space left"):
+        keeper.flush()  # what a reporter calls before Tune sees the epoch
+    keeper.offer({"epoch": 2, "val_accuracy": 0.6}, checkpoint(tmp_path, 2, 0.6))
+    with pytest.raises(OSError, match="No space left"):
         keeper.close()
