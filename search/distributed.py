@@ -25,6 +25,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     """The per-worker function Ray Train runs on every worker."""
     import ray.train
 
+    from trainables.checkpoint import resume_directory
     from trainables.strategy import limit_threads, make_strategy
     from trainables.train import WorkerContext, train_trial
 
@@ -39,10 +40,7 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         if best is not None:
-            best.offer(metrics, directory)
-            # Tune may stop the trial on this epoch (and kill its workers): a new best is
-            # kept before the epoch is reported, on this thread (only at a new best).
-            best.flush()
+            best.offer(metrics, directory)  # before Tune sees the epoch (search.best)
         if digest_dir:  # tests compare the replicas' weights through these files
             Path(digest_dir, f"rank{worker.worker_index}_epoch{metrics['epoch']}.txt").write_text(metrics["weights_digest"])
         checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
@@ -51,16 +49,8 @@ def worker_loop(config: dict[str, Any]) -> None:
         # checkpoint Tune knows of is always complete in storage.
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
-    try:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            train_trial(spec, report, context=worker)
-            return
-        with checkpoint.as_directory() as directory:
-            train_trial(spec, report, context=worker, resume_from=Path(directory))
-    finally:
-        if best is not None:
-            best.close()
+    with resume_directory(ray.train.get_checkpoint()) as resume_from:
+        train_trial(spec, report, context=worker, resume_from=resume_from)
 
 
 def scaling_config(shape: Shape) -> Any:

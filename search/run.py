@@ -21,6 +21,7 @@ from search.resources import DRIVER_CPU, worker_bundle, worker_precision
 from search.space import param_space
 from search.study import StudySearch, UploadStudy
 from trainables import strategy as strategies
+from trainables.checkpoint import resume_directory
 from trainables.metrics import VAL_ACCURACY
 from trainables.params import hyperparams_from
 from trainables.spec import TrialSpec
@@ -106,8 +107,7 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) 
     best = BestKeeper(experiment_uri, tune.get_context().get_trial_id())
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:  # on InBackground's thread
-        best.offer(metrics, directory)
-        best.flush()  # Tune may stop the trial on this result: its best is kept first
+        best.offer(metrics, directory)  # before Tune sees the epoch (search.best)
         checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory else None
         try:
             tune.report(metrics, checkpoint=checkpoint)
@@ -117,17 +117,10 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) 
 
     reporter = InBackground(report)
     try:
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            train_trial(spec, reporter, context=context)
-            return
-        with checkpoint.as_directory() as directory:
-            train_trial(spec, reporter, context=context, resume_from=Path(directory))
+        with resume_directory(tune.get_checkpoint()) as resume_from:
+            train_trial(spec, reporter, context=context, resume_from=resume_from)
     finally:
-        try:
-            reporter.close()  # the last epoch is reported before the trial function returns
-        finally:
-            best.close()
+        reporter.close()  # the last epoch is reported before the trial function returns
 
 
 # Ray Train keeps each distributed trial's runs here, inside the experiment directory.

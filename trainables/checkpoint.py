@@ -9,6 +9,8 @@ A checkpoint directory holds
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,3 +83,13 @@ def restore_optimizer(directory: Path, optimizer: keras.optimizers.Optimizer) ->
         )
     for variable, value in zip(optimizer.variables, values):
         variable.assign(value)
+
+
+@contextmanager
+def resume_directory(checkpoint: Any) -> Iterator[Path | None]:
+    """The local directory of a Ray/Tune ``Checkpoint`` to resume from, or None for none."""
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as directory:
+        yield Path(directory)

@@ -35,10 +35,6 @@ class InBackground:
         self._wait()
         self._pending = self._thread.submit(self._report, metrics, directory)
 
-    def flush(self) -> None:
-        """Wait for the epoch being reported, if any (raising what it raised)."""
-        self._wait()
-
     def close(self) -> None:
         try:
             self._wait()

@@ -54,8 +54,8 @@ def test_two_workers_end_with_identical_weights(local_ray, tmp_path):
     # only the chief wrote checkpoints, and the latest one loads
     assert result.checkpoint is not None
     assert (Path(result.checkpoint.path) / "model.keras").is_file()
-    # the workers' resources are free again
-    assert ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU")
+    # the workers' resources are free again (their placement group goes asynchronously)
+    assert all_resources_free(), (ray.available_resources(), ray.cluster_resources())
 
 
 # A worker group restarted from its checkpoint reports its next epoch within this time on
