@@ -42,6 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.smoke_test:
         config = smoke_config(config)
     _check_plan(config)
+    on_kuberay = _check_schedulable(config)
     from trainables.storage import check_writable, resolve
 
     location = resolve(config.storage.path)
@@ -91,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with GracefulStop() as stop:
             _check_storage_on_every_node(location)
-            _check_resources(config)
+            if not on_kuberay:
+                _check_resources(config)
             if config.recipe.weights == "imagenet":  # before any trial: one fetch, not one per trial
                 from search.config import space_value
                 from search.weights import stage_imagenet_weights
@@ -214,6 +216,35 @@ def _check_storage_on_every_node(location) -> None:
             f"storage.path {location.uri} is a local directory that {blind} of this Ray cluster's "
             f"{len(others) + 1} nodes cannot see: set storage.path (or {STORAGE_ENV}) to gs://BUCKET/experiments, "
             "or to a directory every node mounts")
+
+
+def _check_schedulable(config: Config) -> bool:
+    """On the chart's RayCluster, refuse a backbone whose trials no worker group can
+    ever hold, from the autoscaler's own view of the cluster (every accelerator pool
+    may be at zero nodes, so the live cluster says nothing). Returns whether the view
+    was read; elsewhere :func:`_check_resources` checks the live cluster."""
+    from cluster.autoscaling import cluster_in_env, read_autoscaling_config
+
+    where = cluster_in_env()
+    if where is None:
+        return False
+    name, namespace = where
+    try:
+        view = read_autoscaling_config(name, namespace)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is reported, then the live check runs
+        log.warning("could not read RayCluster %s/%s to check every trial against its worker groups (%s); "
+                    "checking the live cluster instead", namespace, name, exc)
+        return False
+    from search.schedulable import unschedulable
+
+    problems = unschedulable(config, view)
+    if problems:
+        raise UsageError(
+            f"resources: on RayCluster {namespace}/{name} these trials could never start: {'; '.join(problems)}. "
+            "Give the cluster a worker group that holds them (helm upgrade with a values file that has the pool, "
+            "e.g. helm/hpsearch/ci/gke-values.yaml), or change resources.backbones.<name> to a shape a group holds")
+    log.info("every backbone's trial fits a worker group of RayCluster %s/%s (the autoscaler's view)", namespace, name)
+    return True
 
 
 def _check_resources(config: Config) -> None:

@@ -118,9 +118,16 @@ class ResourcesConfig(Shape):
     # Training steps per compiled call (Keras's steps_per_execution): the host starts a
     # call and reads its results back once per call. None: a whole epoch per call.
     steps_per_execution: int | None = None
-    # On an autoscaling cluster, nodes a trial needs may not exist yet: warn instead of
-    # refusing to start when the cluster cannot hold a trial right now.
+    # On an autoscaling cluster the chart does not describe (no HPSEARCH_RAYCLUSTER_*),
+    # nodes a trial needs may not exist yet: warn instead of refusing to start when the
+    # live cluster cannot hold a trial right now. On the chart's cluster the check reads
+    # the autoscaler's own view and always refuses what no worker group can hold.
     wait_for_autoscaler: bool = False
+    # Seconds a distributed trial waits for its worker group to be placed (nodes scaled
+    # up from zero, images pulled) before Ray Train gives up; the trial then ends in
+    # ERROR naming what it waited for (Tune retries it up to twice more). GKE adds a GPU
+    # node in minutes; 15 minutes leaves room for a large image's first pull.
+    placement_timeout_s: float = field(default=900.0, metadata=bounds(1.0, 86400.0))
     # Backbone name -> the shape fields its trials use instead of the defaults above.
     backbones: dict[str, ShapeOverride] = field(default_factory=dict)
 
@@ -449,6 +456,13 @@ def _check_shape(shape: Shape, res: ResourcesConfig, path: str, batch_size: int)
             )
         if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){1,2}", shape.tpu_topology):
             raise ConfigError(f"{path}.tpu_topology", f"must look like 2x2 or 2x2x1, got {shape.tpu_topology!r}")
+        chips = math.prod(int(d) for d in shape.tpu_topology.split("x"))
+        if chips != shape.tpu_chips_per_worker:
+            raise ConfigError(
+                f"{path}.tpu_topology",
+                f"a trial holds one whole single-host slice, so the topology must have tpu_chips_per_worker "
+                f"({shape.tpu_chips_per_worker}) chips; {shape.tpu_topology} has {chips}. Multi-host slices are not "
+                "supported (no TensorFlow multi-host TPU path runs under Ray): use e.g. 2x2 with 4 chips")
     if shape.gpus_per_worker and kind.accelerator != "tpu":
         if shape.gpu_type is None and shape.accelerator_memory_gib is None:
             raise ConfigError(f"{path}.gpu_type", "GPU workers need their GPU type (e.g. nvidia-l4) "

@@ -11,6 +11,9 @@ placement-group cleaner frees the workers' resources.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +57,61 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 
 def scaling_config(shape: Shape) -> Any:
-    """Ray Train's worker group for one trial: N CPU/GPU workers, or one TPU host."""
+    """Ray Train's worker group for one trial: N CPU/GPU workers, or one TPU host.
+
+    A TPU trial holds one whole single-host slice (``search.config`` checks that its
+    topology has exactly the host's chips) and asks for ``TPU`` chips and CPUs only.
+    ``accelerator_type``/``topology`` are left out on purpose: Ray Train would add an
+    ``accelerator_type:TPU-...`` key to every bundle (or reserve a slice head), which
+    KubeRay's autoscaler never sees on a node type, so a TPU group could never scale
+    up from zero for it (kuberay#863; ``cluster.autoscaling``).
+    """
     import ray.train
 
     per_worker = worker_bundle(shape)
     if strategies.get(shape.strategy).accelerator == "tpu":
-        return ray.train.ScalingConfig(
-            num_workers=1,
-            use_tpu=True,
-            topology=shape.tpu_topology,
-            accelerator_type=shape.tpu_accelerator,
-            resources_per_worker=per_worker,
-        )
+        return ray.train.ScalingConfig(num_workers=1, use_tpu=True, resources_per_worker=per_worker)
     return ray.train.ScalingConfig(
         num_workers=shape.workers, use_gpu=bool(shape.gpus_per_worker), resources_per_worker=per_worker
     )
+
+
+def worker_group_bundles(shape: Shape) -> list[dict[str, float]]:
+    """The bundles of the placement group Ray Train asks for a trial's worker group,
+    as Ray Train builds them from the ScalingConfig (its ``resources_per_worker`` with
+    the keys Ray adds, once per worker)."""
+    config = scaling_config(shape)
+    # Ray Train's WorkerGroupContext takes the per-worker bundle from this property.
+    return [dict(config._resources_per_worker_not_none)] * config.num_workers
+
+
+class PlacementTimeout(RuntimeError):
+    """A trial's worker group was not placed within resources.placement_timeout_s."""
+
+
+@contextlib.contextmanager
+def placement_wait(shape: Shape, timeout_s: float) -> Iterator[None]:
+    """Bound the wait for a trial's worker group, and name what was missing if it ends.
+
+    Ray Train reads its worker-group start timeout from the environment of the process
+    that calls ``fit()`` and passes it on to its controller (``ray.train.v2``'s
+    ``ENV_VARS_TO_PROPAGATE``); each trial function runs in a process of its own.
+    """
+    from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(timeout_s)
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(getattr(exc, "controller_failure", None), WorkerGroupStartupTimeoutError):
+            raise
+        bundles = worker_group_bundles(shape)
+        raise PlacementTimeout(
+            f"the trial's worker group ({len(bundles)} x {bundles[0]}) was not placed within {timeout_s:g} s "
+            "(resources.placement_timeout_s): no node of the cluster had those resources free and none was "
+            "added. Check that a worker group can hold it and that its node pool can scale up (quota, "
+            "stock-outs: the autoscaler's log in the head pod says why)") from exc
 
 
 def make_trainer(
@@ -112,7 +155,9 @@ def make_trainer(
             callbacks=callbacks or [],
             # The latest, by time (see search.best.KEEP_LATEST); the best is kept apart.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_LATEST),
-            # A lost worker restarts the group from the latest checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=2),
+            # A lost worker restarts the group from the latest checkpoint. A worker group
+            # not placed within resources.placement_timeout_s (see placement_wait) is not
+            # retried by Ray Train (its default retries it for ever): the trial fails.
+            failure_config=ray.train.FailureConfig(max_failures=2, controller_failure_limit=0),
         ),
     )

@@ -9,7 +9,10 @@ warns.
 
 from __future__ import annotations
 
-from search.config import ResourcesConfig, Shape
+from collections.abc import Callable
+from typing import Any
+
+from search.config import Config, ResourcesConfig, Shape
 from trainables import strategy as strategies
 from trainables.strategy import Precision, precision_for
 
@@ -34,6 +37,24 @@ def trial_total(shape: Shape) -> dict[str, float]:
     if strategies.get(shape.strategy).distributed:
         total["CPU"] = total.get("CPU", 0.0) + DRIVER_CPU
     return total
+
+
+def trial_resources(config: Config) -> Callable[[dict[str, Any]], Any]:
+    """Tune's per-trial resources, from the trial's sampled backbone.
+
+    A trial that trains in its own process (``single``) holds its worker's CPUs and
+    GPUs; a distributed trial's process only waits for its Ray Train workers (whose
+    resources its Train job's ScalingConfig asks for), so it holds almost nothing.
+    """
+    from ray.tune import PlacementGroupFactory
+
+    def resources(sampled: dict[str, Any]) -> Any:
+        shape = config.resources.shape_for(sampled["backbone"])
+        if strategies.get(shape.strategy).distributed:
+            return PlacementGroupFactory([{"CPU": DRIVER_CPU}])
+        return PlacementGroupFactory([worker_bundle(shape)])
+
+    return resources
 
 
 def worker_precision(resources: ResourcesConfig, shape: Shape) -> Precision:

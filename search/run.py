@@ -17,7 +17,7 @@ from search.config import Config
 from search import rounds, study
 from search.best import KEEP_LATEST, BestKeeper
 from search.plan import plan_backbone
-from search.resources import DRIVER_CPU, worker_bundle, worker_precision
+from search.resources import trial_resources, worker_precision
 from search.space import param_space
 from search.study import StudySearch, UploadStudy
 from trainables import strategy as strategies
@@ -138,7 +138,7 @@ def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from search.distributed import make_trainer
+    from search.distributed import make_trainer, placement_wait
 
     location = resolve(experiment_uri)
     trial_id = tune.get_context().get_trial_id()
@@ -151,7 +151,8 @@ def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri
         storage_filesystem=location.filesystem,
         callbacks=[TuneReportCallback()],
     )
-    trainer.fit()
+    with placement_wait(config.resources.shape_for(sampled["backbone"]), config.resources.placement_timeout_s):
+        trainer.fit()
 
 
 def make_trainable(config: Config, location: Location) -> Any:
@@ -163,24 +164,6 @@ def make_trainable(config: Config, location: Location) -> Any:
     """
     bound = tune.with_parameters(run_trial, config=config, experiment_uri=experiment_path(config, location))
     return tune.with_resources(bound, trial_resources(config))
-
-
-def trial_resources(config: Config) -> Callable[[dict[str, Any]], Any]:
-    """Tune's per-trial resources, from the trial's sampled backbone.
-
-    A trial that trains in its own process (``single``) holds its worker's CPUs and
-    GPUs; a distributed trial's process only waits for its Ray Train workers (whose
-    resources its Train job's ScalingConfig asks for), so it holds almost nothing.
-    """
-    from ray.tune import PlacementGroupFactory
-
-    def resources(sampled: dict[str, Any]) -> Any:
-        shape = config.resources.shape_for(sampled["backbone"])
-        if strategies.get(shape.strategy).distributed:
-            return PlacementGroupFactory([{"CPU": DRIVER_CPU}])
-        return PlacementGroupFactory([worker_bundle(shape)])
-
-    return resources
 
 
 def run_config(config: Config, location: Location, callbacks: list | None = None, round_number: int = 1) -> tune.RunConfig:

@@ -174,3 +174,25 @@ def make_experiment(root: Path, name: str = "exp") -> tuple[Path, list[TrainedTr
     config = Config(data=spec.data, space=space, recipe=spec.recipe, search=SearchConfig(name=name))
     (experiment / "search_config.json").write_text(json.dumps(config_to_dict(config)))
     return experiment, trained
+
+
+REPO = TESTS.parent
+CHART = REPO / "helm" / "hpsearch"
+
+
+def render_chart(values: dict, name: str = "search", namespace: str = "ml") -> list[dict]:
+    """The chart's manifests, rendered by Helm's own engine (``helm template``)."""
+    import helm_python as helm
+    import yaml
+
+    rendered = helm.Chart.load(CHART).render(values, name=name, namespace=namespace)
+    return [doc for path, text in rendered.items() if path.endswith(".yaml") for doc in yaml.safe_load_all(text) if doc]
+
+
+def scenario_raycluster(values_file: str, **overrides) -> dict:
+    """The RayCluster a scenario of ``helm/hpsearch/ci/`` renders (top-level value overrides)."""
+    import yaml
+
+    values = {**yaml.safe_load((CHART / "ci" / values_file).read_text()), **overrides}
+    return next(d for d in render_chart(values) if d["kind"] == "RayCluster")
+

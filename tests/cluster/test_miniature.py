@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from support import create_bucket, start_fake_gcs
+from support import create_bucket, scenario_raycluster, start_fake_gcs
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +47,7 @@ resources: {strategy: single, cpus_per_worker: 1}
 
 
 def rendered_cluster() -> dict:
-    import helm_python as helm
-
-    values = yaml.safe_load((REPO / "helm" / "hpsearch" / "ci" / "cpu-values.yaml").read_text())
-    values["storage"] = {"bucket": BUCKET_PATH}
-    rendered = helm.Chart.load(REPO / "helm" / "hpsearch").render(values, name="search", namespace="ml")
-    return next(d for path, text in rendered.items() if path.endswith(".yaml")
-                for d in yaml.safe_load_all(text) if d and d["kind"] == "RayCluster")
+    return scenario_raycluster("cpu-values.yaml", storage={"bucket": BUCKET_PATH})
 
 
 def free_port() -> int:
@@ -74,7 +68,7 @@ def miniature(tmp_path_factory):
     cluster = rendered_cluster()
     head_spec = cluster["spec"]["headGroupSpec"]
     (group,) = cluster["spec"]["workerGroupSpecs"]
-    pod_env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+    pod_env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"] if "value" in e}
     assert head_spec["rayStartParams"]["num-cpus"] == "0" and group["replicas"] == 2
 
     server, endpoint = start_fake_gcs(tmp_path_factory.mktemp("gcs") / "fake-gcs.log")

@@ -12,6 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from support import render_chart
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "hpsearch"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -20,14 +22,7 @@ KUBE_VERSION = kubernetes_validate.latest_version()
 
 
 def render(values: dict) -> list[dict]:
-    rendered = helm.Chart.load(CHART).render(values, name="search", namespace="ml")
-    return [
-        doc
-        for path, text in rendered.items()
-        if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
+    return render_chart(values)
 
 
 def strict_schema(node):
@@ -66,7 +61,7 @@ def scenario(request):
 
 def test_every_scenario_exists():
     assert {p.name for p in SCENARIOS} == {
-        "cpu-values.yaml", "gpu-values.yaml", "tpu-values.yaml", "tpu-multihost-values.yaml",
+        "cpu-values.yaml", "gpu-values.yaml", "tpu-values.yaml", "gke-values.yaml",
     }
 
 
@@ -147,14 +142,21 @@ def test_accelerator_groups():
 
     single = group("tpu-values.yaml", "tpu")
     assert single["numOfHosts"] == 1
-    multi = group("tpu-multihost-values.yaml", "tpu-slice")
-    assert multi["numOfHosts"] == 4  # 4x4 = 16 chips on hosts of 4
-    pod = multi["template"]["spec"]
+    pod = single["template"]["spec"]
     assert pod["nodeSelector"] == {
         "cloud.google.com/gke-tpu-accelerator": "tpu-v6e-slice",
-        "cloud.google.com/gke-tpu-topology": "4x4",
+        "cloud.google.com/gke-tpu-topology": "2x2",
     }
     assert pod["containers"][0]["resources"]["limits"]["google.com/tpu"] == "4"
+
+
+def test_a_multi_host_slice_is_refused_by_name():
+    """A trial holds one TPU host; a slice of several hosts would leave libtpu waiting
+    for hosts no trial holds, so the chart refuses it."""
+    multi = copy.deepcopy(TPU_GROUP)
+    multi["tpu"]["topology"] = "4x4"
+    with pytest.raises(helm.HelmError, match=r"workerGroups.tpu.tpu: topology 4x4 spans 4 hosts"):
+        render(with_group("tpu", multi))
 
 
 def test_workload_identity_and_bucket():
@@ -164,8 +166,11 @@ def test_workload_identity_and_bucket():
     assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
     cluster = next(d for d in docs if d["kind"] == "RayCluster")
     for container in containers(cluster):
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
         assert env["HPSEARCH_STORAGE"] == "gs://my-bucket/experiments"
+        # the search reads its own RayCluster's worker groups (search.cli._check_schedulable)
+        assert env["HPSEARCH_RAYCLUSTER_NAME"] == cluster["metadata"]["name"] == "search-hpsearch"
+        assert env["HPSEARCH_RAYCLUSTER_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
 def test_ray_version_matches_the_pinned_ray():

@@ -85,6 +85,8 @@ BAD = {
     "tpu with gpus": ("resources: {strategy: tpu, gpus_per_worker: 1}", "resources.gpus_per_worker"),
     "unknown tpu": ("resources: {strategy: tpu, tpu_accelerator: TPU-V9}", "resources.tpu_accelerator"),
     "bad topology": ("resources: {strategy: tpu, tpu_topology: 2by2}", "resources.tpu_topology"),
+    "multi-host topology": ("resources: {strategy: tpu, tpu_topology: 4x4}", "resources.tpu_topology"),
+    "no placement wait": ("resources: {placement_timeout_s: 0}", "resources.placement_timeout_s"),
     "xla on cpu": ("resources: {strategy: mwms, workers: 2, xla: true}", "resources.xla"),
     "no steps per call": ("resources: {steps_per_execution: 0}", "resources.steps_per_execution"),
     "batch not divisible": ("recipe: {batch_size: 33}\nresources: {strategy: mwms, workers: 2}", "recipe.batch_size"),

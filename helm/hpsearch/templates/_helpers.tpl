@@ -97,10 +97,18 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Environment shared by head and workers: storage bucket, quieter TensorFlow. */}}
+{{/* Environment shared by head and workers: storage bucket, quieter TensorFlow, and
+the RayCluster the pod belongs to (a search reads its worker groups through the
+Kubernetes API, as the autoscaler does, to refuse trials no group can hold). */}}
 {{- define "hpsearch.env" -}}
 - name: HPSEARCH_STORAGE
   value: {{ .Values.storage.bucket | quote }}
+- name: HPSEARCH_RAYCLUSTER_NAME
+  value: {{ include "hpsearch.fullname" . | quote }}
+- name: HPSEARCH_RAYCLUSTER_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
 - name: TF_CPP_MIN_LOG_LEVEL
   value: "2"
 {{- end }}
