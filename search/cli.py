@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from search.config import STORAGE_ENV, Config, ConfigError, config_to_dict, load_config, smoke_config
+from trainables import strategy as strategies
 from trainables.errors import HpsearchError, InputError
 
 log = logging.getLogger("hpsearch")
@@ -92,6 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with GracefulStop() as stop:
             _check_storage_on_every_node(location)
+            if any(strategies.get(config.resources.shape_for(b).strategy).distributed for b in config.space.backbones):
+                from search.distributed import keep_train_coordinator_on_this_node
+
+                keep_train_coordinator_on_this_node()
             if not on_kuberay:
                 _check_resources(config)
             if config.recipe.weights == "imagenet":  # before any trial: one fetch, not one per trial

@@ -85,6 +85,23 @@ def worker_group_bundles(shape: Shape) -> list[dict[str, float]]:
     return [dict(config._resources_per_worker_not_none)] * config.num_workers
 
 
+def keep_train_coordinator_on_this_node() -> None:
+    """Create Ray Train's autoscaling coordinator on the driver's node, before any trial.
+
+    Ray Train (2.60) creates a detached actor, ``AutoscalingCoordinator``, when a Train
+    controller first starts, pinned to that controller's node: a trial's node, a worker.
+    A detached actor keeps its node busy for ever, so that worker group never scales back
+    to zero (seen in ``tests/cluster/test_autoscaling_cluster.py``: one CPU node stayed).
+    Created here first, on the driver's node (the head, on the chart's cluster), every
+    controller finds it by name. The function is Ray's own, private (pinned ray==2.60.0).
+    """
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    get_or_create_autoscaling_coordinator()
+
+
 class PlacementTimeout(RuntimeError):
     """A trial's worker group was not placed within resources.placement_timeout_s."""
 

@@ -1,0 +1,83 @@
+"""Stand-in trials for the autoscaling cluster: the resources of a real trial, no training.
+
+Imported by Ray's worker processes (the test puts this directory on their PYTHONPATH).
+A trial function holds what ``search.resources.trial_resources`` gives it; a distributed
+one starts a Ray Train worker group with ``search.distributed.scaling_config`` of its
+shape, as ``search.run.train_distributed`` does, through Ray Train's base trainer
+instead of the TensorFlow one (same ScalingConfig, same placement group; no TensorFlow
+import in every worker). Each process writes which node type it ran on
+(``RAY_NODE_TYPE_NAME``, set by Ray's fake node provider) under ``ledger``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ray import tune
+
+from search.config import Config
+from search.distributed import scaling_config
+from trainables import strategy as strategies
+
+
+def _record(ledger: str, name: str) -> None:
+    Path(ledger, f"{name}.json").write_text(json.dumps({"node_type": os.environ.get("RAY_NODE_TYPE_NAME", "")}))
+
+
+def standin_worker(config: dict) -> None:
+    import ray.train
+
+    _record(config["ledger"], f"{config['trial']}-worker{ray.train.get_context().get_world_rank()}")
+    ray.train.report({"epoch": 1})
+
+
+def standin_trial(sampled: dict, *, config: Config, ledger: str, storage: str) -> None:
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    trial = sampled["backbone"]
+    _record(ledger, f"{trial}-trial")
+    shape = config.resources.shape_for(trial)
+    if strategies.get(shape.strategy).distributed:
+        DataParallelTrainer(
+            standin_worker,
+            train_loop_config={"ledger": ledger, "trial": trial},
+            scaling_config=scaling_config(shape),
+            run_config=ray.train.RunConfig(name=f"standin-{trial}", storage_path=storage),
+        ).fit()
+    tune.report({"epoch": 1})
+
+
+def main(address: str, config_path: str, backbones: list[str], workdir: str) -> None:
+    """The search's driver: one stand-in trial per backbone, at once, with Tune's
+    per-trial resources from ``trial_resources``; prints each trial's status."""
+    import ray
+
+    from search.config import load_config
+    from search.distributed import keep_train_coordinator_on_this_node
+    from search.resources import trial_resources
+
+    config = load_config(config_path)
+    ledger = Path(workdir, "ledger")
+    ledger.mkdir(parents=True, exist_ok=True)
+    ray.init(address=address, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent)])}})
+    keep_train_coordinator_on_this_node()  # as hpsearch's driver does before its trials
+    trainable = tune.with_resources(
+        tune.with_parameters(standin_trial, config=config, ledger=str(ledger), storage=f"{workdir}/train"),
+        trial_resources(config))
+    grid = tune.Tuner(
+        trainable,
+        param_space={"backbone": tune.grid_search(backbones)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=len(backbones)),
+        run_config=tune.RunConfig(name="standins", storage_path=f"{workdir}/tune", verbose=0),
+    ).fit()
+    print("finished:", json.dumps({r.config["backbone"]: (r.error is None) for r in grid}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4])
