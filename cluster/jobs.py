@@ -12,6 +12,8 @@ from typing import Any
 from cluster.errors import ClusterError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# Seconds the dashboard has to answer its first request.
+DASHBOARD_TIMEOUT_S = 10.0
 # Never uploaded with the working directory: environments, outputs, VCS data, caches,
 # built packages. Patterns in .gitignore syntax, as Ray's runtime_env reads them.
 EXCLUDES = [".venv/", ".git/", "experiments/", "__pycache__/", "*.egg-info/", ".pytest_cache/", "build/", "dist/",
@@ -32,8 +34,20 @@ def connect(address: str) -> Any:
     Raises:
         ClusterError: the dashboard cannot be reached, or refuses the token.
     """
+    import requests
     from ray.job_submission import JobSubmissionClient
 
+    # Ray's job client sends its requests with no timeout: a dashboard that accepts the
+    # connection and never answers would hang every command. One bounded request first.
+    try:
+        requests.get(f"{address.rstrip('/')}/api/version", timeout=DASHBOARD_TIMEOUT_S)
+    except requests.exceptions.Timeout:
+        raise ClusterError(
+            f"the Ray dashboard at {address} did not answer within {DASHBOARD_TIMEOUT_S:g} s: check that the head "
+            "is running and that `kubectl port-forward svc/<release>-hpsearch-head-svc 8265:8265` still runs"
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        raise _explain(exc, address) from None
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError: see _explain

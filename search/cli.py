@@ -53,7 +53,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from trainables.data import check_available
 
     check_available(config.data.dataset)  # a data set no trial could read stops the search here
+    from search.lease import hold
 
+    # One driver per search: a second one is refused here, before Ray starts.
+    with hold(location, config.search.name, takeover=args.resume, timeout_s=config.storage.lease_timeout_s) as lease:
+        return _run_leased(args, config, location, on_kuberay, lease)
+
+
+def _run_leased(args: argparse.Namespace, config: Config, location, on_kuberay: bool, lease) -> int:
+    """The search, once this driver holds its lease."""
     import ray
     from ray import tune
 
@@ -80,18 +88,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("search %s: %d trials, %d at a time, up to %d epochs each, storage %s",
              config.search.name, config.search.num_trials, config.search.max_concurrent_trials,
              config.max_epochs, experiment)
-    started_here = not ray.is_initialized()
-    if started_here:
-        # Connects to a running cluster when RAY_ADDRESS is set (ray job submit sets it),
-        # otherwise starts a local Ray, reachable from this machine only.
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(logging_level=logging.WARNING)
-        else:
-            ray.init(logging_level=logging.WARNING, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
+    from search.connect import connect
+
+    started_here = connect()
     from search.signals import GracefulStop, exit_code
 
     try:
-        with GracefulStop() as stop:
+        # A stopped driver steps down at once: a resubmitted --resume need not wait out
+        # the lease (ray job stop kills a driver 3 s after its SIGTERM).
+        with GracefulStop(on_signal=lease.step_down) as stop:
             _check_storage_on_every_node(location)
             if any(strategies.get(config.resources.shape_for(b).strategy).distributed for b in config.space.backbones):
                 from search.distributed import keep_train_coordinator_on_this_node
@@ -140,7 +145,7 @@ def _check_unchanged(config: Config, location) -> None:
     refused = resume_refusals(recorded, current)
     if refused:
         raise UsageError(
-            f"--resume with a changed config: {'; '.join(refused)}. Only {' and '.join(RESUMABLE_FIELDS)} may "
+            f"--resume with a changed config: {'; '.join(refused)}. Only {', '.join(RESUMABLE_FIELDS)} may "
             "change when a search is resumed: restore the others, or set search.name to start a new search")
 
 

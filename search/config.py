@@ -156,6 +156,11 @@ class StorageConfig:
 
     # Unset in the file: $HPSEARCH_STORAGE when set, else ./experiments.
     path: str = field(default_factory=default_storage_path)
+    # gs://: a driver whose lease on the experiment (search.lease) has not been renewed
+    # for this long is taken to be dead, and `--resume` may take the search over. The
+    # holder renews it every lease_timeout_s / 6 s. (Local disk needs no timeout: the
+    # kernel frees a dead process's lock.)
+    lease_timeout_s: float = field(default=120.0, metadata=bounds(3.0, 86400.0))
 
 
 @dataclass(frozen=True)
@@ -259,7 +264,8 @@ def config_to_dict(config: Any) -> dict:
 
 # What `hpsearch run --resume` may change: how many trials in all (more adds trials) and
 # how many run at once. Any other change would mix two recipes or spaces in one search.
-RESUMABLE_FIELDS = ("search.num_trials", "search.max_concurrent_trials", "resources.steps_per_execution")
+RESUMABLE_FIELDS = ("search.num_trials", "search.max_concurrent_trials", "resources.steps_per_execution",
+                    "resources.placement_timeout_s", "storage.lease_timeout_s")
 
 
 def changed_fields(recorded: dict, current: dict, prefix: str = "") -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -24,13 +25,15 @@ def exit_code(signum: int) -> int:
 
 
 class GracefulStop:
-    """While active, SIGTERM and SIGINT set :attr:`received` and ask Tune to stop.
+    """While active, SIGTERM and SIGINT set :attr:`received`, call ``on_signal`` (which
+    must be safe in a signal handler) and ask Tune to stop.
 
     Enter it after ``ray.init`` (Ray installs its own SIGTERM handler there).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_signal: Callable[[], None] | None = None) -> None:
         self.received: int | None = None
+        self._on_signal = on_signal
         self._previous: dict[int, object] = {}
         self._tune_sigint: str | None = None
 
@@ -52,6 +55,8 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
+        if self._on_signal is not None:
+            self._on_signal()
         # Outside fit() SIGUSR1 still has its default action (terminate): the caller checks
         # `received` before it starts a run instead.
         if callable(signal.getsignal(signal.SIGUSR1)):

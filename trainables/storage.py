@@ -23,13 +23,31 @@ class StorageError(InputError):
     """Storage that cannot hold an experiment; the message says which path and why."""
 
 
+# HPSEARCH_GCS_ENDPOINT (host:port, plain http, anonymous) points every gs:// path at a
+# GCS emulator: the tests' fake-gcs-server, or one a user runs locally.
+GCS_ENDPOINT_ENV = "HPSEARCH_GCS_ENDPOINT"
+
+
 def _gcs() -> pafs.FileSystem:
-    # HPSEARCH_GCS_ENDPOINT (host:port, plain http, anonymous) points every gs:// path at
-    # a GCS emulator: the tests' fake-gcs-server, or one a user runs locally.
-    endpoint = os.environ.get("HPSEARCH_GCS_ENDPOINT")
+    endpoint = os.environ.get(GCS_ENDPOINT_ENV)
     if endpoint:
         return pafs.GcsFileSystem(anonymous=True, scheme="http", endpoint_override=endpoint)
     return pafs.GcsFileSystem()
+
+
+def gcs_api() -> tuple[str, dict[str, str]]:
+    """GCS's JSON API for what pyarrow's filesystem cannot ask (an object's generation,
+    writes conditional on it): its base URL and the request headers (Application Default
+    Credentials: Workload Identity on GKE; none for an emulator)."""
+    endpoint = os.environ.get(GCS_ENDPOINT_ENV)
+    if endpoint:
+        return f"http://{endpoint}", {}
+    import google.auth
+    import google.auth.transport.requests
+
+    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
+    credentials.refresh(google.auth.transport.requests.Request())
+    return "https://storage.googleapis.com", {"Authorization": f"Bearer {credentials.token}"}
 
 
 # Remote schemes: URI prefix -> the pyarrow filesystem for it. Paths without a scheme

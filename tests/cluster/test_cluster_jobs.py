@@ -181,3 +181,22 @@ def test_the_job_command_is_quoted_and_outputs_stay_home():
     command = search_entrypoint("configs/my search.yaml", ["--resume"])
     assert shlex.split(command) == ["python", "-m", "search", "run", "--config", "configs/my search.yaml", "--resume"]
     assert {"*.whl", ".venv/", "experiments/", ".git/"} <= set(EXCLUDES)
+
+
+def test_a_dashboard_that_never_answers_is_one_clear_line():
+    """A dashboard that accepts connections and never answers (a hung head, a stale
+    port-forward) ends the command within its bound, naming the address."""
+    from cluster.jobs import DASHBOARD_TIMEOUT_S
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts; nothing ever reads or answers
+        address = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        done = run([str(BIN / "hpsearch"), "cluster", "logs", "raysubmit_x", "--address", address],
+                   cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, timeout=120)
+        waited = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"the Ray dashboard at {address} did not answer within {DASHBOARD_TIMEOUT_S:g} s" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert waited < 60, waited  # bounded (not a speed goal: a hang would run into the 120 s above)

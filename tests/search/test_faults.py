@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import optuna
 import pyarrow.csv as pacsv
@@ -61,7 +62,8 @@ def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_tr
         "space": {"backbones": ["B0"]},
         "recipe": {"weights": "none", "flip": False},
         "search": {"name": "resumed", "seed": 3, "max_concurrent_trials": 1},
-        "storage": {"path": "gs://hpsearch-test/experiments"},
+        # a killed driver's lease goes stale after 5 s here (120 s by default)
+        "storage": {"path": "gs://hpsearch-test/experiments", "lease_timeout_s": 5},
     }))
     # --smoke-test: 2 trials of 2-3 tiny epochs (one at a time, as configured)
     command = [sys.executable, "-m", "search", "run", "--config", str(config), "--smoke-test"]
@@ -72,20 +74,40 @@ def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_tr
     finished_before = finished_trials(lines)
     assert len(finished_before) == 1, "\n".join(lines[-40:])
 
+    # its lease on the experiment outlives it: a --resume at once is refused (the
+    # killed driver might be alive elsewhere), naming it; once the lease has gone
+    # storage.lease_timeout_s unrenewed, --resume takes the search over, saying so
+    refused = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"is being run by another driver (pid {driver.pid} on " in refused.stderr
+    time.sleep(6)
+
     # SIGTERM (what Kubernetes sends a stopped RayJob) to the resumed driver once the
     # second trial has started: Tune's graceful stop, one line, exit 143
     driver, lines = run_until([*command, "--resume"], lambda lines: started_trials(lines) >= 1)
+    assert any("took over the search's lease from a driver that stopped renewing it" in line for line in lines)
+    # a second driver while this one runs (a retried ray job submit): refused before
+    # Ray starts, naming the one that runs; the tables below hold that one's trials only
+    second = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"is being run by another driver (pid {driver.pid} on " in second.stderr
+    assert "Traceback" not in second.stderr and "Started a local Ray instance" not in second.stderr
     driver.send_signal(signal.SIGTERM)
     try:
         rest, _ = driver.communicate(timeout=300)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # whatever of its process group is left
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # whatever of its process group is left
+        except ProcessLookupError:
+            pass
         driver.wait()
     output = "\n".join(lines) + rest
     assert driver.returncode == 143, output[-3000:]
     assert "search stopped by SIGTERM; its state is saved. Resume with: hpsearch run --config " in output
     assert f"{config} --smoke-test --resume" in output
     assert "*** SIGTERM received" not in output  # Ray's native crash handler did not fire
+    location = resolve("gs://hpsearch-test/experiments")
+    assert not location.exists(location.join("resumed-smoke", "driver.lease"))  # released on the way out
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -135,3 +157,4 @@ def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_tr
     changed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert changed.returncode == 2, changed.stderr
     assert "recipe.head_lr: 0.01 -> 0.5" in changed.stderr and "num_trials" not in changed.stderr.split(". Only")[0]
+
