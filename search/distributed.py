@@ -102,6 +102,18 @@ def keep_train_coordinator_on_this_node() -> None:
     get_or_create_autoscaling_coordinator()
 
 
+def failure_config() -> Any:
+    """Ray Train's retries for a trial's worker group.
+
+    A lost worker restarts the group from the latest checkpoint (twice). A worker group
+    not placed within resources.placement_timeout_s (see :func:`placement_wait`) is not
+    retried by Ray Train, whose default retries it for ever: the trial fails instead.
+    """
+    import ray.train
+
+    return ray.train.FailureConfig(max_failures=2, controller_failure_limit=0)
+
+
 class PlacementTimeout(RuntimeError):
     """A trial's worker group was not placed within resources.placement_timeout_s."""
 
@@ -117,6 +129,7 @@ def placement_wait(shape: Shape, timeout_s: float) -> Iterator[None]:
     from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
+    previous = os.environ.get(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR)
     os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(timeout_s)
     try:
         yield
@@ -129,6 +142,11 @@ def placement_wait(shape: Shape, timeout_s: float) -> Iterator[None]:
             "(resources.placement_timeout_s): no node of the cluster had those resources free and none was "
             "added. Check that a worker group can hold it and that its node pool can scale up (quota, "
             "stock-outs: the autoscaler's log in the head pod says why)") from exc
+    finally:
+        if previous is None:
+            os.environ.pop(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR, None)
+        else:
+            os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = previous
 
 
 def make_trainer(
@@ -172,9 +190,6 @@ def make_trainer(
             callbacks=callbacks or [],
             # The latest, by time (see search.best.KEEP_LATEST); the best is kept apart.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_LATEST),
-            # A lost worker restarts the group from the latest checkpoint. A worker group
-            # not placed within resources.placement_timeout_s (see placement_wait) is not
-            # retried by Ray Train (its default retries it for ever): the trial fails.
-            failure_config=ray.train.FailureConfig(max_failures=2, controller_failure_limit=0),
+            failure_config=failure_config(),
         ),
     )

@@ -164,3 +164,30 @@ def test_distributed_search_survives_a_killed_worker_and_stops_a_trial(local_ray
     assert best.best_val_accuracy > 0.3  # well above chance (0.1) on this easy task
     assert (Path(best.best_checkpoint) / "model.keras").is_file()  # the chief's checkpoint, found by path
     assert all_resources_free(), (ray.available_resources(), ray.cluster_resources())
+
+
+def never_runs(config: dict) -> None:
+    raise AssertionError("a worker group that was never placed ran")
+
+
+def test_a_worker_group_never_placed_ends_the_trial_in_time_naming_what_it_waited_for(local_ray, tmp_path):
+    """Ray Train retries a worker group that cannot start for ever by default; with
+    hpsearch's failure config and placement_wait, the run ends after the timeout with an
+    error naming the bundle that could not be placed (here a GPU this Ray does not have:
+    an autoscaling cluster whose pool never scales up looks the same to the trial)."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from search.config import Shape
+    from search.distributed import PlacementTimeout, failure_config, placement_wait, scaling_config
+
+    shape = Shape(strategy="mwms", workers=1, cpus_per_worker=1.0, gpus_per_worker=1.0, gpu_type="nvidia-l4")
+    trainer = DataParallelTrainer(
+        never_runs, scaling_config=scaling_config(shape),
+        run_config=ray.train.RunConfig(name="unplaced", storage_path=str(tmp_path), failure_config=failure_config()))
+    before = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
+    with pytest.raises(PlacementTimeout) as raised:
+        with placement_wait(shape, timeout_s=2):
+            trainer.fit()
+    assert "worker group (1 x {'CPU': 1.0, 'GPU': 1.0}) was not placed within 2 s" in str(raised.value)
+    assert "resources.placement_timeout_s" in str(raised.value)
+    assert os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S") == before  # restored
