@@ -87,7 +87,7 @@ def autoscaling_cluster():
            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID, "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID}
     env.pop("RAY_ADDRESS", None)
     head_params = [f"--{k}={v}" for k, v in cluster["spec"]["headGroupSpec"]["rayStartParams"].items()
-                   if k != "dashboard-host"]
+                   if k not in ("dashboard-host", "object-store-memory")]  # a small store, below
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          f"--temp-dir={temp_dir}", "--dashboard-host=127.0.0.1", "--disable-usage-stats",

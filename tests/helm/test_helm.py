@@ -232,6 +232,7 @@ BAD_VALUES = {
     "memory not a quantity": (with_group("gpu", GPU_GROUP, memory="lots"), "memory"),
     "bad pull policy": ({"image": {"repository": "r", "tag": "t", "pullPolicy": "Sometimes"}}, "pullPolicy"),
     "group name not a DNS label": (with_group("GPU_Group", GPU_GROUP), "GPU_Group"),
+    "shm not whole Mi or Gi": (with_group("gpu", GPU_GROUP, shmSize="1.5Gi"), "shmSize"),
 }
 
 
@@ -435,3 +436,118 @@ def test_no_scenario_ships_a_job_it_cannot_run():
     for path in SCENARIOS:
         kinds = {d["kind"] for d in render(yaml.safe_load(path.read_text()))}
         assert "RayJob" not in kinds, path.name
+
+
+def notes(values: dict) -> str:
+    return helm.Chart.load(CHART).render(values, name="search", namespace="ml")["hpsearch/templates/NOTES.txt"]
+
+
+def test_notes_warn_about_the_unpublished_image_and_say_where_experiments_go():
+    default = notes({})
+    assert "WARNING: image.repository is the chart's default" in default
+    assert "WARNING: storage.bucket is empty" in default
+    ready = notes({"image": {"repository": "europe-docker.pkg.dev/p/r/hpsearch"},
+                   "storage": {"bucket": "gs://b/experiments"}})
+    assert "WARNING" not in ready
+    assert "every pod has HPSEARCH_STORAGE set to it" in ready and "set storage.path" not in ready
+
+
+def test_the_accelerator_selector_wins_over_a_user_key():
+    """A user's nodeSelector is kept beside the accelerator's keys, but cannot contradict
+    them (a topology that disagrees with the group's would never find a node)."""
+    group = copy.deepcopy(TPU_GROUP)
+    group["nodeSelector"] = {"cloud.google.com/gke-tpu-topology": "4x4", "pool": "reserved"}
+    values = with_group("tpu", group)
+    values["workloadIdentityNodeSelector"] = True
+    templates = dict(pod_templates(cluster_of(values)))
+    assert templates["tpu"]["spec"]["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": "tpu-v6e-slice", "cloud.google.com/gke-tpu-topology": "2x2",
+        "pool": "reserved", "iam.gke.io/gke-metadata-server-enabled": "true"}
+    assert templates["head"]["spec"]["nodeSelector"] == {"iam.gke.io/gke-metadata-server-enabled": "true"}
+    assert "nodeSelector" not in dict(pod_templates(cluster_of({})))["head"]["spec"]
+
+
+def test_workers_mount_no_service_account_token_unless_asked(crd_validators):
+    templates = dict(pod_templates(cluster_of(with_group("gpu", GPU_GROUP))))
+    assert templates["gpu"]["spec"]["automountServiceAccountToken"] is False
+    assert "automountServiceAccountToken" not in templates["head"]["spec"]  # the autoscaler reads the API
+    opted = dict(pod_templates(cluster_of(with_group("gpu", GPU_GROUP, automountServiceAccountToken=True))))
+    assert opted["gpu"]["spec"]["automountServiceAccountToken"] is True
+
+
+def shm_bytes(template: dict) -> float:
+    (shm,) = [v for v in template["spec"]["volumes"] if v["name"] == "shm"]
+    return quantity(shm["emptyDir"]["sizeLimit"]) * 2**30
+
+
+@pytest.mark.parametrize("path", [*SCENARIOS, None], ids=lambda p: p.name if p else "defaults")
+def test_every_object_store_fits_its_shared_memory(path):
+    """Ray puts its object store in /dev/shm only if shm holds it, and by default takes 30%
+    of the memory limit: every group sets the store to 90% of its shm instead."""
+    cluster = cluster_of(yaml.safe_load(path.read_text()) if path else {})
+    spec = cluster["spec"]
+    params = {"head": spec["headGroupSpec"]["rayStartParams"],
+              **{g["groupName"]: g["rayStartParams"] for g in spec["workerGroupSpecs"]}}
+    for name, template in pod_templates(cluster):
+        store = int(params[name]["object-store-memory"])
+        assert 0.85 * shm_bytes(template) <= store <= shm_bytes(template), (name, store)
+
+
+def test_security_context_overrides_per_group(crd_validators):
+    """KubeRay's v6e samples run TPU workers as root, and large slices needed privileged:
+    a group may override the restricted defaults; the others keep them."""
+    group = copy.deepcopy(TPU_GROUP)
+    group["podSecurityContext"] = {"runAsNonRoot": False, "runAsUser": 0}
+    group["securityContext"] = {"privileged": True, "runAsNonRoot": False, "runAsUser": 0,
+                                "allowPrivilegeEscalation": True}
+    cluster = cluster_of(with_group("tpu", group))
+    assert not list(crd_validators["RayCluster"].iter_errors(cluster))
+    templates = dict(pod_templates(cluster))
+    pod = templates["tpu"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": False, "runAsUser": 0, "fsGroup": 100}
+    container = pod["containers"][0]["securityContext"]
+    assert container["privileged"] is True and container["runAsUser"] == 0
+    assert container["capabilities"] == {"drop": ["ALL"]}  # kept from the defaults
+    head = templates["head"]["spec"]
+    assert head["securityContext"] == {"runAsNonRoot": True, "fsGroup": 100}
+    assert head["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+POD_EXTRAS = {
+    "envFrom": [{"secretRef": {"name": "wandb"}}],
+    "initContainers": [{"name": "fetch", "image": "busybox:1.36", "command": ["true"]}],
+    "sidecars": [{"name": "fluentbit", "image": "fluent/fluent-bit:3.0"}],
+    "runtimeClassName": "gvisor",
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                   "whenUnsatisfiable": "ScheduleAnyway"}],
+    "ephemeralStorage": "50Gi",
+}
+
+
+def test_pod_extras_and_group_fields_render_where_kubernetes_and_kuberay_read_them(crd_validators):
+    values = with_group("gpu", GPU_GROUP, **copy.deepcopy(POD_EXTRAS), resources={"GPU": "1", "CPU": "4"},
+                        labels={"hpsearch.io/pool": "l4"})
+    values["head"] = {**copy.deepcopy(POD_EXTRAS), "serviceAnnotations": {"cloud.google.com/neg": '{"ingress": true}'}}
+    helm.Chart.load(CHART).validate_schema(values)
+    cluster = cluster_of(values)
+    assert not list(crd_validators["RayCluster"].iter_errors(cluster))
+    spec = cluster["spec"]
+    assert spec["headGroupSpec"]["headService"]["metadata"]["annotations"] == {"cloud.google.com/neg": '{"ingress": true}'}
+    gpu = next(g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu["resources"] == {"GPU": "1", "CPU": "4"} and gpu["labels"] == {"hpsearch.io/pool": "l4"}
+    for name, template in pod_templates(cluster):
+        if name == "cpu":
+            continue
+        pod = template["spec"]
+        ray_container, *others = pod["containers"]
+        assert others == POD_EXTRAS["sidecars"], name
+        assert pod["initContainers"] == POD_EXTRAS["initContainers"] and pod["runtimeClassName"] == "gvisor"
+        assert pod["topologySpreadConstraints"] == POD_EXTRAS["topologySpreadConstraints"]
+        assert ray_container["envFrom"] == POD_EXTRAS["envFrom"]
+        for part in ("requests", "limits"):
+            assert ray_container["resources"][part]["ephemeral-storage"] == "50Gi"
+    # the autoscaler reads the group's resources field instead of the pod spec
+    from cluster.autoscaling import autoscaling_config
+
+    view = autoscaling_config(cluster, namespace="ml")
+    assert view["available_node_types"]["gpu"]["resources"]["CPU"] == 4

@@ -78,6 +78,51 @@ priorityClassName: {{ . }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- with $pod.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with $pod.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $pod.initContainers }}
+initContainers:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml (mergeOverwrite (dict "runAsNonRoot" true "fsGroup" 100) (deepCopy ($pod.podSecurityContext | default dict))) | nindent 2 }}
+{{- end }}
+
+{{/* A pod's nodeSelector: the user's, the Workload Identity selector when asked for,
+and the accelerator's own keys (given last: they win, so a user key can never
+contradict the group's accelerator or topology). */}}
+{{- define "hpsearch.nodeSelector" -}}
+{{- $root := index . 0 }}{{- $pod := index . 1 }}{{- $accelerator := index . 2 }}
+{{- $selector := deepCopy ($pod.nodeSelector | default dict) }}
+{{- if $root.Values.workloadIdentityNodeSelector }}
+{{- $_ := set $selector "iam.gke.io/gke-metadata-server-enabled" "true" }}
+{{- end }}
+{{- $selector = mergeOverwrite $selector $accelerator }}
+{{- with $selector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The Ray container's securityContext: restricted by default, a group's overrides merged over it. */}}
+{{- define "hpsearch.rayContainerSecurityContext" -}}
+{{- $root := index . 0 }}{{- $pod := index . 1 }}
+{{- toYaml (mergeOverwrite (include "hpsearch.containerSecurityContext" $root | fromYaml) (deepCopy ($pod.securityContext | default dict))) }}
+{{- end }}
+
+{{/* ray start's object store: 90% of the pod's /dev/shm (whole Mi or Gi, per the schema).
+Ray otherwise takes 30% of the memory limit and, when /dev/shm is smaller, falls back
+to disk. */}}
+{{- define "hpsearch.objectStoreBytes" -}}
+{{- $shm := . }}
+{{- $unit := ternary 1073741824 1048576 (hasSuffix "Gi" $shm) }}
+{{- $count := trimSuffix "Mi" (trimSuffix "Gi" $shm) | int64 }}
+{{- div (mul $count $unit 9) 10 }}
 {{- end }}
 
 {{/* The image for an accelerator kind: repository:tag-<kind> (see the Dockerfile). */}}
