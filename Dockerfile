@@ -7,7 +7,9 @@
 # extra of the same name, in the one install (pyproject.toml):
 #   cpu  tensorflow-cpu 2.21.0
 #   gpu  tensorflow[and-cuda] 2.21.0, on the CUDA base image
-#   tpu  tensorflow-tpu 2.20.0 (PyPI's newest) with libtpu from PyPI
+#   tpu  tensorflow-tpu 2.20.0 (PyPI's newest) with libtpu 0.0.14, the release its
+#        metadata names (pinned: libtpu~=0.0.14 would allow any later 0.0.x). Not run on TPU
+#        hardware yet.
 # The project lives in /home/ray/hpsearch, the working directory of the image: a RayJob
 # runs `python -m search run --config configs/...` from there, and `ray job submit
 # --working-dir .` runs the uploaded copy of the same tree instead.

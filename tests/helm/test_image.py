@@ -41,8 +41,10 @@ def test_one_install_per_accelerator_through_the_extras():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for kind in ("cpu", "gpu", "tpu"):
         assert f"FROM rayproject/ray:${{RAY_VERSION}}-py311-{'gpu' if kind == 'gpu' else 'cpu'} AS base-{kind}" in text
-        (requirement,) = [Requirement(r) for r in extras[kind]]
+        requirement, *rest = [Requirement(r) for r in extras[kind]]
         assert requirement.name.startswith("tensorflow") and str(requirement.specifier).startswith("==")
+        # the TPU runtime pinned beside its TensorFlow (tensorflow-tpu itself allows any libtpu 0.0.x)
+        assert [(r.name, str(r.specifier)) for r in rest] == ([("libtpu", "==0.0.14")] if kind == "tpu" else [])
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not [d for d in dependencies if d.startswith("tensorflow")]  # only through an extra
 
