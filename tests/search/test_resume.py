@@ -51,6 +51,12 @@ def test_changed_fields_name_every_difference_and_only_those():
     assert resume_refusals({**recorded, "search": {**recorded["search"], "max_concurrent_trials": 2}}, concurrency) == []
     # steps per compiled call change no weight (tests/trainables/test_loop.py)
     assert resume_refusals({"resources": {"steps_per_execution": None}}, {"resources": {"steps_per_execution": 8}}) == []
+    # every refused field is named, not only the first; the waits a resume may change are not
+    several = {"search": {"num_trials": 4, "seed": 2}, "recipe": {"head_lr": 0.02, "flip": False},
+               "resources": {"placement_timeout_s": 60}, "storage": {"lease_timeout_s": 30}}
+    before = {**recorded, "resources": {"placement_timeout_s": 900}, "storage": {"lease_timeout_s": 120}}
+    assert resume_refusals(before, several) == ["search.seed: 1 -> 2", "recipe.head_lr: 0.01 -> 0.02",
+                                                "recipe.flip: True -> False"]
 
 
 # -- stand-in searches ------------------------------------------------------------------
