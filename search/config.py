@@ -123,11 +123,12 @@ class ResourcesConfig(Shape):
     # live cluster cannot hold a trial right now. On the chart's cluster the check reads
     # the autoscaler's own view and always refuses what no worker group can hold.
     wait_for_autoscaler: bool = False
-    # Seconds a distributed trial waits for its worker group to be placed (nodes scaled
-    # up from zero, images pulled) before Ray Train gives up; the trial then ends in
-    # ERROR naming what it waited for (Tune retries it up to twice more). GKE adds a GPU
-    # node in minutes; 15 minutes leaves room for a large image's first pull.
-    placement_timeout_s: float = field(default=900.0, metadata=bounds(1.0, 86400.0))
+    # Seconds a distributed trial waits for its worker group to be placed before Ray
+    # Train gives up; the trial then ends in ERROR naming what it waited for (Tune
+    # retries it up to twice more). The wait covers nodes scaled up from zero and images
+    # pulled (minutes on GKE), and also resources other running trials hold: an hour,
+    # so that a trial queued behind another's GPUs is not failed for it.
+    placement_timeout_s: float = field(default=3600.0, metadata=bounds(1.0, 86400.0))
     # Backbone name -> the shape fields its trials use instead of the defaults above.
     backbones: dict[str, ShapeOverride] = field(default_factory=dict)
 

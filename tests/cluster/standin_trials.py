@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from ray import tune
@@ -22,35 +23,59 @@ from search.distributed import scaling_config
 from trainables import strategy as strategies
 
 
-def _record(ledger: str, name: str) -> None:
-    Path(ledger, f"{name}.json").write_text(json.dumps({"node_type": os.environ.get("RAY_NODE_TYPE_NAME", "")}))
+def _record(ledger: str, name: str, **facts) -> None:
+    facts = {"node_type": os.environ.get("RAY_NODE_TYPE_NAME", ""), **facts}
+    Path(ledger, f"{name}.json").write_text(json.dumps(facts))
 
 
 def standin_worker(config: dict) -> None:
+    """``epochs`` epochs of ``epoch_s`` seconds each, every one reported with a
+    checkpoint (rank 0's); a restarted worker group resumes after the checkpoint's epoch.
+    Each worker records each epoch it trains, with its raylet's pid (its parent)."""
+    import tempfile
+
     import ray.train
 
-    _record(config["ledger"], f"{config['trial']}-worker{ray.train.get_context().get_world_rank()}")
-    ray.train.report({"epoch": 1})
+    rank = ray.train.get_context().get_world_rank()
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            start = int(Path(directory, "epoch").read_text())
+    for epoch in range(start + 1, config["epochs"] + 1):
+        time.sleep(config["epoch_s"])
+        _record(config["ledger"], f"{config['trial']}-worker{rank}-epoch{epoch}-pid{os.getpid()}",
+                epoch=epoch, resumed_after=start, raylet_pid=os.getppid())
+        with tempfile.TemporaryDirectory() as directory:
+            Path(directory, "epoch").write_text(str(epoch))
+            saved = ray.train.Checkpoint.from_directory(directory) if rank == 0 else None
+            ray.train.report({"epoch": epoch}, checkpoint=saved)
 
 
-def standin_trial(sampled: dict, *, config: Config, ledger: str, storage: str) -> None:
+def standin_trial(sampled: dict, *, config: Config, ledger: str, storage: str, epochs: int, epoch_s: float) -> None:
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from search.distributed import failure_config, placement_wait
 
     trial = sampled["backbone"]
     _record(ledger, f"{trial}-trial")
     shape = config.resources.shape_for(trial)
     if strategies.get(shape.strategy).distributed:
-        DataParallelTrainer(
+        trainer = DataParallelTrainer(
             standin_worker,
-            train_loop_config={"ledger": ledger, "trial": trial},
+            train_loop_config={"ledger": ledger, "trial": trial, "epochs": epochs, "epoch_s": epoch_s},
             scaling_config=scaling_config(shape),
-            run_config=ray.train.RunConfig(name=f"standin-{trial}", storage_path=storage),
-        ).fit()
-    tune.report({"epoch": 1})
+            run_config=ray.train.RunConfig(name=f"standin-{trial}", storage_path=storage,
+                                           failure_config=failure_config()),
+        )
+        with placement_wait(shape, config.resources.placement_timeout_s):  # as search.run does
+            trainer.fit()
+    tune.report({"epoch": epochs})
 
 
-def main(address: str, config_path: str, backbones: list[str], workdir: str) -> None:
+def main(address: str, config_path: str, backbones: list[str], workdir: str, epochs: int = 1,
+         epoch_s: float = 0.0) -> None:
     """The search's driver: one stand-in trial per backbone, at once, with Tune's
     per-trial resources from ``trial_resources``; prints each trial's status."""
     import ray
@@ -66,7 +91,8 @@ def main(address: str, config_path: str, backbones: list[str], workdir: str) -> 
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent)])}})
     keep_train_coordinator_on_this_node()  # as hpsearch's driver does before its trials
     trainable = tune.with_resources(
-        tune.with_parameters(standin_trial, config=config, ledger=str(ledger), storage=f"{workdir}/train"),
+        tune.with_parameters(standin_trial, config=config, ledger=str(ledger), storage=f"{workdir}/train",
+                             epochs=epochs, epoch_s=epoch_s),
         trial_resources(config))
     grid = tune.Tuner(
         trainable,
@@ -80,4 +106,5 @@ def main(address: str, config_path: str, backbones: list[str], workdir: str) -> 
 if __name__ == "__main__":
     import sys
 
-    main(sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4])
+    main(sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4], *([int(sys.argv[5]), float(sys.argv[6])]
+                                                                        if len(sys.argv) > 5 else []))

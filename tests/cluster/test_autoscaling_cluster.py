@@ -10,9 +10,11 @@ this: the head node type takes the fake provider's name; the provider type is
 ``fake_multinode`` (with the GCS address, and node ids as node addresses, as the fake
 provider needs); node types drop ``memory`` (the fake provider cannot start a node with
 it; nothing here asks for memory) and get an 80 MiB object store; the idle timeout is 6 s
-instead of the chart's 120. GPU and TPU counts and CPUs are the pods' own: logical
+instead of the chart's 120; and the autoscaler's own liveness check is on (10 s without a
+heartbeat), standing in for KubeRay, which turns it off because its operator replaces a
+lost pod (here nothing else would). GPU and TPU counts and CPUs are the pods' own: logical
 resources, which nothing here uses up. No token authentication (the miniature test
-covers it). Every Ray process is started by this test and stopped by its process group.
+covers it), set explicitly. Every Ray process is started by this test and stopped by its process group.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def fake_provider_config(cluster: dict, gcs_port: int) -> dict:
         node_type["resources"].pop("memory", None)
         node_type["resources"]["object_store_memory"] = 80 * 2**20
     config["provider"] = {**config["provider"], "type": "fake_multinode", "use_node_id_as_ip": True,
-                          "gcs_address": f"127.0.0.1:{gcs_port}", "launch_multiple": True}
+                          "gcs_address": f"127.0.0.1:{gcs_port}", "launch_multiple": True,
+                          "worker_liveness_check": True}
     config["idle_timeout_minutes"] = IDLE_TIMEOUT_S / 60
     return config
 
@@ -83,7 +86,11 @@ def autoscaling_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rayas-", dir="/tmp")  # short: Ray's socket paths must fit
     config_path = Path(f"{temp_dir}.json")
     config_path.write_text(json.dumps(fake_provider_config(cluster, port)))
-    env = {**os.environ, **LOOPBACK_ONLY, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+    # Token authentication off explicitly: unset, `ray start --head` turns it on whenever
+    # ~/.ray/auth_token exists (any local ray.init() writes one), and clients would not.
+    env = {**os.environ, **LOOPBACK_ONLY, "RAY_AUTH_MODE": "disabled", "RAY_FAKE_CLUSTER": "1",
+           "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+           "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "10",
            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID, "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID}
     env.pop("RAY_ADDRESS", None)
     head_params = [f"--{k}={v}" for k, v in cluster["spec"]["headGroupSpec"]["rayStartParams"].items()
@@ -210,3 +217,53 @@ def test_every_trial_shape_scales_its_group_from_zero_and_back(autoscaling_clust
     log = monitor_log.read_text()
     for group in ("gpu", "tpu", "cpu"):
         assert re.search(rf"Removing \d+ nodes of type {group} \(idle\)", log), group
+
+
+def test_a_lost_node_is_replaced_and_its_trial_resumes_each_epoch_once(autoscaling_cluster, tmp_path):
+    """A worker node killed (its raylet SIGKILLed) while a distributed trial trains on it:
+    Ray Train restarts the worker group from the latest checkpoint, on nodes the
+    autoscaler has (it launches a replacement for the lost one), and each epoch is
+    trained once, but for the one in flight when the node died."""
+    address, env, monitor_log = autoscaling_cluster
+    epochs = 4
+    driver = subprocess.Popen(
+        [sys.executable, str(HERE / "standin_trials.py"), address, str(CONFIG), "B0", str(tmp_path), str(epochs), "3"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ledger = tmp_path / "ledger"
+
+    def trained() -> list[dict]:
+        return [json.loads(p.read_text()) | {"worker": p.stem.split("-")[1]} for p in ledger.glob("B0-worker*.json")]
+
+    try:
+        # once epoch 2 trains, epoch 1's checkpoint is in storage (each report waits for it)
+        wait_for(lambda: any(r["epoch"] == 2 and r["worker"] == "worker0" for r in trained()), 300, "epoch 2")
+        (first,) = [r for r in trained() if r["epoch"] == 2 and r["worker"] == "worker0"]
+        # rank 0's node, whole: its raylet and every process it started (its workers would
+        # otherwise outlive it, orphaned)
+        import psutil
+
+        raylet = psutil.Process(first["raylet_pid"])
+        for process in [*raylet.children(recursive=True), raylet]:
+            process.kill()
+        out, err = driver.communicate(timeout=600)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert driver.returncode == 0, out[-3000:] + err[-3000:]
+    assert json.loads(re.findall(r"^finished: (.*)$", out, re.MULTILINE)[-1]) == {"B0": True}
+    rank0 = sorted((r["resumed_after"], r["epoch"], r["raylet_pid"]) for r in trained() if r["worker"] == "worker0")
+    attempts = sorted({after for after, _, _ in rank0})
+    assert len(attempts) == 2 and attempts[0] == 0, rank0  # one restart, from a checkpoint
+    resumed_after = attempts[1]
+    epochs_trained = [epoch for _, epoch, _ in rank0]
+    # every epoch trained; the only one trained twice is the one in flight at the kill
+    assert sorted(set(epochs_trained)) == list(range(1, epochs + 1)), rank0
+    repeated = [e for e in set(epochs_trained) if epochs_trained.count(e) > 1]
+    assert repeated in ([], [resumed_after + 1]), rank0
+    assert all(pid != first["raylet_pid"] for after, _, pid in rank0 if after == resumed_after)  # elsewhere
+    # B0's two workers held two gpu nodes; with one lost, the restarted group needed a
+    # third: the autoscaler added a replacement
+    added = re.findall(r":event_summary:Adding (\d+) node\(s\) of type gpu\.", monitor_log.read_text())
+    assert sum(map(int, added)) >= 3, added
