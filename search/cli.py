@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from search.config import STORAGE_ENV, Config, ConfigError, config_to_dict, load_config, smoke_config
-from trainables import strategy as strategies
 from trainables.errors import HpsearchError, InputError
 
 log = logging.getLogger("hpsearch")
@@ -98,7 +97,9 @@ def _run_leased(args: argparse.Namespace, config: Config, location, on_kuberay: 
         # the lease (ray job stop kills a driver 3 s after its SIGTERM).
         with GracefulStop(on_signal=lease.step_down) as stop:
             _check_storage_on_every_node(location)
-            if any(strategies.get(config.resources.shape_for(b).strategy).distributed for b in config.space.backbones):
+            from search.resources import any_distributed
+
+            if any_distributed(config):
                 from search.distributed import keep_train_coordinator_on_this_node
 
                 keep_train_coordinator_on_this_node()

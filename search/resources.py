@@ -31,6 +31,11 @@ def worker_bundle(shape: Shape) -> dict[str, float]:
     return bundle
 
 
+def any_distributed(config: Config) -> bool:
+    """Whether some backbone's trials run as Ray Train jobs (mwms, tpu)."""
+    return any(strategies.get(config.resources.shape_for(b).strategy).distributed for b in config.space.backbones)
+
+
 def trial_total(shape: Shape) -> dict[str, float]:
     """Everything one trial holds: its workers, plus the waiting trial function."""
     total = {k: v * shape.workers for k, v in worker_bundle(shape).items()}

@@ -17,7 +17,7 @@ from search.config import Config
 from search import rounds, study
 from search.best import KEEP_LATEST, BestKeeper
 from search.plan import plan_backbone
-from search.resources import trial_resources, worker_precision
+from search.resources import any_distributed, trial_resources, worker_precision
 from search.space import param_space
 from search.study import StudySearch, UploadStudy
 from trainables import strategy as strategies
@@ -239,8 +239,7 @@ def _bound_trial_cleanup(config: Config) -> None:
     placement-group cleaner then frees the workers' bundles for the next trial.
     Read by Tune's controller when the Tuner starts; an explicit setting wins.
     """
-    shapes = [config.resources.shape_for(b) for b in config.space.backbones]
-    if any(strategies.get(shape.strategy).distributed for shape in shapes):
+    if any_distributed(config):
         os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(TRIAL_CLEANUP_S))
 
 
