@@ -86,7 +86,9 @@ def importances(trials: list[dict[str, Any]], space: SpaceConfig) -> dict[str, f
 
     A constant axis (low == high, or one backbone) has no importance and is left out; a
     trial whose values lie outside the declared space (a config changed between resumes)
-    is left out with a warning.
+    is left out with a warning. Importance is a share of the variance of the scores, so it
+    is undefined (empty) with fewer than two trials or when every trial scored the same
+    (a search whose trials all stayed at chance, say).
     """
     import optuna
 
@@ -103,7 +105,7 @@ def importances(trials: list[dict[str, Any]], space: SpaceConfig) -> dict[str, f
         study.add_trial(
             optuna.trial.create_trial(params={k: t[k] for k in dists}, distributions=dists, value=float(value))
         )
-    if len(study.trials) < 2 or not dists:
+    if len({t.value for t in study.trials}) < 2 or not dists:
         return {}
     return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
 
@@ -201,7 +203,7 @@ def plot_importance(values: dict[str, float]) -> bytes:
     names = list(values)[::-1]
     ax.barh(names, [values[n] for n in names], color="#1f77b4")
     ax.set_xlabel("importance (fANOVA)")
-    ax.set_title("Parameter importance" if values else "Parameter importance: too few trials")
+    ax.set_title("Parameter importance" if values else "Parameter importance: undefined (fewer than 2 distinct scores)")
     data = _png(fig)
     plt.close(fig)
     return data

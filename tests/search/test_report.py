@@ -82,6 +82,16 @@ def test_importance_is_rebuilt_from_trials():
     assert max(values, key=values.get) == "max_lr"
 
 
+def test_importance_of_equal_scores_is_undefined_not_an_error():
+    from search.config import FloatRange, SpaceConfig
+
+    space = SpaceConfig(backbones=("B0",), max_lr=FloatRange(0.001, 0.1, log=True))
+    trials = [{"trial_id": str(i), "backbone": "B0", "cutout_fraction": 0.25, "cutout_count": 1, "dropout": 0.3,
+               "warmup_epochs": 2, "max_lr": 0.001 * 10 ** (i / 2), "best_val_accuracy": 0.1} for i in range(5)]
+    assert importances(trials, space) == {}  # fANOVA itself raises on zero variance
+    assert importances([dict(trials[0]), dict(trials[1], best_val_accuracy=0.2)], space)
+
+
 def test_unfinished_search_has_no_report(tmp_path):
     import subprocess
     import sys
