@@ -28,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables.metrics import EPOCH, PLANNED_EPOCHS
 from trainables.storage import Location
-from trainables.weights import CACHE_ROOT
+from trainables.cache import CACHE_ROOT
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,11 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from trainables import backbones
+from trainables.cache import WEIGHTS_CACHE
 from trainables.errors import InputError
 from trainables.storage import resolve
 
 WEIGHTS_DIR = "weights"
-# This machine's cache of hpsearch files (weights here; search.study keeps its working
-# copies of remote studies beside them).
-CACHE_ROOT = Path(os.environ.get("HPSEARCH_CACHE", Path.home() / ".cache" / "hpsearch"))
-CACHE = CACHE_ROOT / WEIGHTS_DIR
 
 
 def staged_uri(storage_uri: str, backbone: str) -> str:
@@ -44,9 +41,9 @@ def local_copy(storage_uri: str, backbone: str) -> str:
     info = location.filesystem.get_file_info(location.root)
     if info.type != pafs.FileType.File:
         raise InputError(f"the ImageNet weights of {backbone} are not staged at {uri}")
-    target = CACHE / Path(uri).name
+    target = WEIGHTS_CACHE / Path(uri).name
     if not target.is_file() or target.stat().st_size != info.size:
-        CACHE.mkdir(parents=True, exist_ok=True)
+        WEIGHTS_CACHE.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(f".{os.getpid()}.part")
         pafs.copy_files(location.root, str(partial), source_filesystem=location.filesystem,
                         destination_filesystem=pafs.LocalFileSystem())

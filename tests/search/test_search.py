@@ -9,7 +9,7 @@ import ray
 from ray import tune
 
 from search.config import Config, FloatRange, IntRange, SearchConfig, SpaceConfig, StorageConfig
-from search.run import build_tuner, make_scheduler, make_searcher
+from search.run import build_tuner
 from search.space import param_space
 from trainables.storage import resolve
 from trainables.params import NAMES
@@ -22,14 +22,30 @@ def test_space_declares_every_searched_axis():
     assert (space["cutout_count"].lower, space["cutout_count"].upper) == (0, 4)  # closed range [0, 3]
 
 
-def test_scheduler_and_searcher_settings(tmp_path):
-    config = Config()
-    asha = make_scheduler(config)
-    assert asha._time_attr == "epoch" and asha._max_t == config.max_epochs == 5 + 10 + 5 + 20
-    searcher = make_searcher(config, resolve(str(tmp_path)))
-    assert searcher._sampler._n_startup_trials == config.search.startup_trials
+def test_every_search_setting_reaches_tune(tmp_path):
+    """Build the Tuner from a config whose settings all differ from the defaults and read
+    back what tune.run would receive: a setting dropped on the way fails here."""
+    import numpy as np
+
+    config = Config(search=SearchConfig(name="settings", num_trials=9, seed=7, startup_trials=3, grace_epochs=2,
+                                        reduction_factor=3),
+                    storage=StorageConfig(path=str(tmp_path)))
+    assert config.max_epochs == 40 and SearchConfig().seed != 7 and SearchConfig().grace_epochs != 2
+    tuner = build_tuner(config, resolve(str(tmp_path)), trainable=quadratic_trial)
+    tune_config = tuner._local_tuner._tune_config  # what tune.run receives (TunerInternal._fit_internal)
+    assert (tune_config.metric, tune_config.mode, tune_config.num_samples) == ("val_accuracy", "max", 9)
+
+    sampler = tune_config.search_alg._sampler
+    assert sampler._n_startup_trials == 3
+    # seeded with search.seed: the sampler's random state is a fresh RandomState(7)'s
+    assert np.array_equal(sampler._rng.rng.get_state()[1], np.random.RandomState(7).get_state()[1])
     # the study lives in the experiment directory, where optuna-dashboard can read it
-    assert searcher._storage.url == f"sqlite:///{tmp_path / config.search.name / 'study.db'}"
+    assert tune_config.search_alg._storage.url == f"sqlite:///{tmp_path / 'settings' / 'study.db'}"
+
+    asha = tune_config.scheduler
+    assert (asha._time_attr, asha._max_t) == ("epoch", 40)
+    # ASHA's rungs: grace_epochs x reduction_factor^k below max_t, i.e. 2, 6, 18
+    assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [2, 6, 18]
 
 
 def quadratic_trial(config):

@@ -51,7 +51,7 @@ def test_fetched_once_then_read_from_storage(storage, tmp_path, monkeypatch):
     assert stage_imagenet_weights(storage, ("B0", "B1"), fetch_file=fake_fetch) == staged
     assert len(fetched) == 2  # already staged: not fetched again
 
-    monkeypatch.setattr("trainables.weights.CACHE", tmp_path / "cache")
+    monkeypatch.setattr("trainables.weights.WEIGHTS_CACHE", tmp_path / "cache")
     local = local_copy(storage, "B1")
     assert open(local, "rb").read() == b"weights of " + fetched[1].encode()
 
@@ -79,7 +79,7 @@ def test_the_model_loads_the_staged_file(tmp_path, monkeypatch):
     # the published files are in the legacy HDF5 weights format, which Keras reads by name
     with h5py.File(tmp_path / "weights" / "efficientnetb0_notop.h5", "w") as handle:
         legacy_h5_format.save_weights_to_hdf5_group(handle, stand_in)
-    monkeypatch.setattr("trainables.weights.CACHE", tmp_path / "cache")
+    monkeypatch.setattr("trainables.weights.WEIGHTS_CACHE", tmp_path / "cache")
     model = build_model(ModelSpec(Hyperparams("B0"), 10, weights="imagenet", image_size=32, weights_root=str(tmp_path)))
     for ours, theirs in zip(backbone_of(model).weights, stand_in.weights):
         assert np.array_equal(ours.numpy(), theirs.numpy())

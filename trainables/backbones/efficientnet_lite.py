@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from trainables.backbones.base import Backbone
+from trainables.cache import WEIGHTS_CACHE
 from trainables.errors import InputError
 
 # name: (width coefficient, depth coefficient, native resolution, dropout of the top)
@@ -217,9 +218,7 @@ def imagenet_file(name: str) -> str:
 
 def cached_imagenet_file(name: str) -> str:
     """The converted weights in this machine's cache, converting them the first time."""
-    from trainables.weights import CACHE
-
-    target = CACHE / imagenet_file(name)
+    target = WEIGHTS_CACHE / imagenet_file(name)
     if not target.is_file():
         convert(name, target)
     return str(target)
