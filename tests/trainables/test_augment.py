@@ -95,8 +95,14 @@ def test_train_dataset_epochs_and_shards():
     assert len(first) == 5
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[0], other[0])
-    shard0 = np.concatenate([y.numpy() for _, y in train_dataset(images, labels, 4, params, 1, 0, shard=(2, 0))])
-    shard1 = np.concatenate([y.numpy() for _, y in train_dataset(images, labels, 4, params, 1, 0, shard=(2, 1))])
-    assert len(shard0) == len(shard1) == 20
+    # two workers' shards, told apart by using each example's index as its label: disjoint,
+    # together the whole split, in every epoch
+    ids = np.arange(40)
+    for epoch in range(3):
+        shards = [np.concatenate([y.numpy() for _, y in train_dataset(images, ids, 4, params, 1, epoch, shard=(2, i))])
+                  for i in (0, 1)]
+        assert len(shards[0]) == len(shards[1]) == 20
+        assert not set(shards[0]) & set(shards[1]), f"epoch {epoch}: the workers share examples"
+        assert set(shards[0]) | set(shards[1]) == set(ids)
     evals = np.concatenate([y.numpy() for _, y in eval_dataset(images, labels, 16)])
     assert np.array_equal(evals, labels)

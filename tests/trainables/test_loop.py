@@ -115,3 +115,62 @@ def test_steps_per_execution_changes_calls_not_numbers(per_call, monkeypatch):
     assert sums_chunked == sums_whole
     for a, b in zip(weights_whole, model.weights):
         np.testing.assert_array_equal(a, b.numpy())
+
+
+TWO_REPLICA_STEP = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from trainables.train import PhaseStep
+
+def weights_after_one_step(strategy, batch):
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(3, activation="softmax")])
+        step = PhaseStep(model, learning_rate=0.5, momentum=0.9, strategy=strategy, global_batch=16)
+    start = [w.numpy() for w in model.weights]
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(batch).batch(16))
+    loss, correct = step.train_step(*next(iter(dataset)))
+    return start, [w.numpy() for w in model.weights], float(loss)
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 8)).astype("float32")
+batch = (x, (x[:, 0] > 0).astype("int64"))
+two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert two.num_replicas_in_sync == 2
+start1, one_replica, loss1 = weights_after_one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), batch)
+start2, two_replicas, loss2 = weights_after_one_step(two, batch)
+print(json.dumps({
+    "same_start": all(np.array_equal(a, b) for a, b in zip(start1, start2)),
+    "moved": max(float(np.abs(a - b).max()) for a, b in zip(start1, one_replica)),
+    "max_diff": max(float(np.abs(a - b).max()) for a, b in zip(one_replica, two_replicas)),
+    "losses": [loss1, loss2],
+}))
+"""
+
+
+def test_a_two_replica_step_is_the_one_replica_step_on_the_union_batch():
+    """Gradient scaling across replicas: each replica's loss is its examples' sum over the
+    global batch, so the all-reduced (summed) gradient is the global batch's mean. Two
+    replicas of 8 examples must then move the weights as one replica does on all 16.
+    MirroredStrategy over two logical CPUs stands in for MultiWorkerMirrored's two workers
+    (same replica-step semantics; logical devices need a fresh TensorFlow, hence the
+    subprocess). Tolerance: float32 sums in another order, 1e-6 of weights that move ~1e-1."""
+    import json
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    done = subprocess.run([sys.executable, "-c", TWO_REPLICA_STEP], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["same_start"]
+    assert result["moved"] > 1e-2  # the step did change the weights
+    assert result["max_diff"] < 1e-6, result
+    assert result["losses"][0] == pytest.approx(result["losses"][1], rel=1e-6)
