@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from search.config import SpaceConfig, config_from_dict
 from search.ensemble import ENSEMBLE_DIR, TABLE_MD
-from search.results import CONFIG_JSON, HISTORY_PARQUET, TRIALS_PARQUET
+from search.results import CONFIG_JSON, HISTORY_PARQUET, TRIALS_PARQUET, latest_per_epoch
 from search.space import distributions
 from trainables import backbones
 from trainables.errors import HpsearchError
@@ -126,7 +126,7 @@ def plot_learning_curves(exp: Experiment) -> bytes:
     stopped = {t["trial_id"] for t in exp.trials if t["stopped_early"]}
     seen = set()
     for trial_id, curve in exp.history.groupby("trial_id"):
-        curve = curve.sort_values("epoch")
+        curve = latest_per_epoch(curve)  # an epoch trained again after a restart: its last report
         backbone = curve["backbone"].iloc[0]
         colour = backbone_colour(backbone)
         ax.plot(curve["epoch"], curve["val_accuracy"], color=colour, alpha=0.8,

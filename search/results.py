@@ -3,7 +3,9 @@
 - ``trials.parquet`` and ``trials.csv``: one row per trial: its sampled configuration,
   status, epochs run, best validation accuracy, the epoch of that best, and the path of
   its best checkpoint;
-- ``history.parquet``: every epoch report of every trial (learning curves);
+- ``history.parquet``: every epoch report of every trial as Tune received it (learning
+  curves), with the attempt that made it: an epoch trained again after a restart shows
+  twice; :func:`latest_per_epoch` is the one-report-per-epoch view;
 - ``best_config.json``: the best trial's configuration, accuracy and checkpoint.
 """
 
@@ -50,13 +52,20 @@ class TrialRow:
         return self.status == "TERMINATED" and self.epochs_run < self.planned_epochs
 
 
+def latest_per_epoch(reports: Any, by: tuple[str, ...] = ("epoch",)) -> Any:
+    """One report per epoch (of each ``by`` group): the last one, where a restarted trial
+    trained an epoch again; in epoch order."""
+    keys = list(by)
+    return reports.drop_duplicates(keys, keep="last").sort_values(keys).reset_index(drop=True)
+
+
 def epochs_of(result: Any) -> Any:
-    """A trial's reports, one per epoch (the last report of an epoch a restored trial
-    trained again wins), in epoch order; None when it reported nothing."""
+    """A trial's reports, one per epoch (:func:`latest_per_epoch`); None when it reported
+    nothing."""
     frame = result.metrics_dataframe
     if frame is None or frame.empty or "epoch" not in frame:
         return frame
-    return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+    return latest_per_epoch(frame)
 
 
 def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any,
@@ -142,11 +151,13 @@ def rows_table(rows: list[TrialRow]) -> pa.Table:
 
 
 def history_table(result_grid: Any) -> pa.Table:
-    """Every reported epoch of every trial, with the trial's sampled configuration."""
+    """Every report of every trial, in the order Tune received them, with the attempt that
+    made it and the trial's sampled configuration. Nothing is dropped: an epoch reported
+    twice (trained again after a restart) is two rows."""
     frames = []
     for result in result_grid:
-        frame = epochs_of(result)
-        if frame is None or frame.empty:
+        frame = result.metrics_dataframe
+        if frame is None or frame.empty or "epoch" not in frame:
             continue
         frame = frame.copy()
         frame["trial_id"] = _trial_id(result)
@@ -154,8 +165,8 @@ def history_table(result_grid: Any) -> pa.Table:
             frame[name] = result.config.get(name)
         # timestamp: when the epoch's result reached Tune (seconds), ordering the epochs of
         # concurrent trials for the anytime curve
-        keep = ["trial_id", "epoch", "timestamp", "phase", "lr", "train_loss", "train_accuracy", "val_accuracy",
-                *NAMES]
+        keep = ["trial_id", "epoch", ATTEMPT, "timestamp", "phase", "lr", "train_loss", "train_accuracy",
+                "val_accuracy", *NAMES]
         frames.append(frame[[c for c in keep if c in frame]])
     if not frames:
         return pa.table({"trial_id": pa.array([], pa.string())})

@@ -202,6 +202,7 @@ def build_tuner(
     """
     round_ = round_ or rounds.Round(1, config.search.num_trials)
     _bound_trial_cleanup(config)
+    _snapshot_every_step()
     return tune.Tuner(
         trainable or make_trainable(config, location),
         param_space=param_space(config.space),
@@ -223,6 +224,17 @@ def build_tuner(
         ),
         run_config=run_config(config, location, callbacks, round_.number),
     )
+
+
+def _snapshot_every_step() -> None:
+    """Tune saves its experiment state (which trial is at which checkpoint) at every step
+    of its loop instead of on its adaptive timer (every 10 s or more, and whenever a trial
+    has written CheckpointConfig.num_to_keep checkpoints since). A driver killed anywhere
+    then resumes each trial from the checkpoint of its last reported epoch, so what is
+    trained twice is at most the epoch each running trial had in flight (measured: with
+    the timer, trials killed after their second epoch started over from the first).
+    Tune reads TUNE_GLOBAL_CHECKPOINT_S when a run starts; a value the user set wins."""
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 
 # How long Tune waits for a stopped trial's actor to exit before killing it.
@@ -254,6 +266,7 @@ def restore_tuner(config: Config, location: Location, *, round_number: int = 1,
     last checkpoints, finished trials are kept, and the searcher resumes its state
     (its study first brought down from storage)."""
     _bound_trial_cleanup(config)
+    _snapshot_every_step()
     study.fetch(location, config.search.name)
     storage, name = rounds.tune_location(location, config.search.name, round_number)
     return tune.Tuner.restore(

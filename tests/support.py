@@ -196,3 +196,20 @@ def scenario_raycluster(values_file: str, **overrides) -> dict:
     values = {**yaml.safe_load((CHART / "ci" / values_file).read_text()), **overrides}
     return next(d for d in render_chart(values) if d["kind"] == "RayCluster")
 
+
+
+def assert_each_epoch_trained_once(history, interruptions: int) -> None:
+    """From the raw record (history.parquet keeps every report, with the attempt that made
+    it): each trial's epochs run 1..n, each reported once, except an epoch in flight at an
+    interruption of the driver, which the trial's next start trains and reports again. So
+    at most ``interruptions`` epochs show twice, never more than twice, and the second
+    report is from a later attempt (a trial restarted from scratch counts its attempts from
+    1 again, and reports its first epochs twice)."""
+    for trial_id, reports in history.groupby("trial_id"):
+        epochs = reports["epoch"].tolist()
+        assert sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (trial_id, epochs)
+        repeated = reports[reports.duplicated("epoch", keep=False)]
+        assert repeated["epoch"].nunique() <= interruptions, (trial_id, epochs)
+        for _, twice in repeated.groupby("epoch"):
+            attempts = twice["attempt"].tolist()
+            assert len(attempts) == 2 and attempts[0] < attempts[1], (trial_id, reports[["epoch", "attempt"]].values.tolist())

@@ -7,7 +7,7 @@ scheduler and study (search.run).
 
 ARGS_JSON: {"storage", "num_trials", "concurrent", "curve" (values per epoch, or null
 for values from the sampled max_lr), "kill": [event, count] or null, "resume": bool,
-"ledger": a file each trained epoch is appended to, "fail": {"trial" (its index from 1),
+"ledger": a file each trained epoch is appended to (trial id, epoch, the Ray node), "fail": {"trial" (its index from 1),
 "epoch", "message"} or null: that trial raises OSError(message) at that epoch, every
 time}. ``kill`` SIGKILLs the driver's
 process group (the driver and the local Ray it started) at the count-th ``result`` or
@@ -65,8 +65,8 @@ def make_standin(curve: list[float] | None, ledger: str, fail: dict | None = Non
             if fail and fail["trial"] == index and fail["epoch"] == epoch:
                 raise OSError(fail["message"])
             value = curve[epoch - 1] if curve else min(0.99, config["max_lr"] + 0.1 * epoch)
-            with open(ledger, "a") as out:
-                out.write(f"{trial_id} {epoch}\n")
+            with open(ledger, "a") as out:  # the node tells the drivers' Rays apart
+                out.write(f"{trial_id} {epoch} {ray.get_runtime_context().get_node_id()}\n")
             with tempfile.TemporaryDirectory() as directory:
                 Path(directory, "state.json").write_text(json.dumps({"epoch": epoch}))
                 tune.report({"epoch": epoch, "planned_epochs": EPOCHS, METRIC: value}, checkpoint=tune.Checkpoint.from_directory(directory))
@@ -100,10 +100,6 @@ class KillAt(tune.Callback):
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    if args.get("snapshot_every_step"):
-        # Tune saves its experiment state at every step of its loop, not on a timer: the
-        # state a killed driver leaves is then the one right before the kill.
-        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
     config = config_for(args)
     location = resolve(config.storage.path)
     trainable = make_standin(args["curve"], args["ledger"], args.get("fail"))

@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from support import assert_each_epoch_trained_once
 from trainables.storage import resolve
 
 pytestmark = pytest.mark.slow
@@ -124,11 +125,7 @@ def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_tr
         assert fs.get_file_info(f"{row['best_checkpoint']}/model.keras").is_file
     history = pq.read_table(f"{experiment}/history.parquet", filesystem=fs).to_pandas()
     assert set(history["trial_id"]) == {row["trial_id"] for row in table}
-    for trial_id, epochs in history.groupby("trial_id")["epoch"]:
-        epochs = epochs.tolist()
-        # each epoch reported once: a finished trial run again, or an unfinished one
-        # restarted from scratch, would report its epochs a second time
-        assert epochs == list(range(1, len(epochs) + 1)), (trial_id, epochs)
+    assert_each_epoch_trained_once(history, interruptions=2)  # the SIGKILL and the SIGTERM
     with fs.open_input_stream(f"{experiment}/best_config.json") as handle:
         best = json.loads(handle.read())
     assert best["best_val_accuracy"] == max(row["best_val_accuracy"] for row in table)
