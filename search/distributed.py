@@ -38,14 +38,11 @@ def worker_loop(config: dict[str, Any]) -> None:
     worker = WorkerContext(strategy, context.get_world_size(), context.get_world_rank(), config["precision"],
                            steps_per_execution=config["steps_per_execution"])
     spec: TrialSpec = config["spec"]
-    digest_dir = config.get("digest_dir")
     best = BestKeeper(*config["keep_best"]) if config.get("keep_best") and worker.is_chief else None
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         if best is not None:
             best.offer(metrics, directory)  # before Tune sees the epoch (search.best)
-        if digest_dir:  # tests compare the replicas' weights through these files
-            Path(digest_dir, f"rank{worker.worker_index}_epoch{metrics['epoch']}.txt").write_text(metrics["weights_digest"])
         checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
         # Uploaded on Ray Train's thread while the next epoch trains; Ray Train deletes
         # the local directory after the upload and reports the epoch to Tune then, so a
@@ -157,7 +154,6 @@ def make_trainer(
     storage_path: str,
     storage_filesystem: Any = None,
     callbacks: list | None = None,
-    digest_dir: str | None = None,
     keep_best: tuple[str, str] | None = None,
 ) -> Any:
     """A TensorflowTrainer for one trial.
@@ -178,7 +174,6 @@ def make_trainer(
             "cpus_per_worker": shape.cpus_per_worker,
             "precision": worker_precision(resources, shape),
             "steps_per_execution": resources.steps_per_execution,
-            "digest_dir": digest_dir,
             # (experiment URI, trial id): rank 0 keeps the best epoch's checkpoint there
             "keep_best": keep_best,
         },
