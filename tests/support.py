@@ -213,3 +213,29 @@ def assert_each_epoch_trained_once(history, interruptions: int) -> None:
         for _, twice in repeated.groupby("epoch"):
             attempts = twice["attempt"].tolist()
             assert len(attempts) == 2 and attempts[0] < attempts[1], (trial_id, reports[["epoch", "attempt"]].values.tolist())
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, what: str, log: Path | None = None) -> None:
+    """Poll ``condition`` each second; fail naming ``what`` (and the end of ``log``, lines
+    with "took" left out) when it has not held within ``timeout_s``."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(1)
+    shown = "" if log is None else "; the log ends:\n" + "\n".join(
+        line for line in log.read_text().splitlines() if "took" not in line)[-6000:]
+    pytest.fail(f"{what} not seen within {timeout_s} s{shown}")

@@ -8,10 +8,12 @@ scheme (``s3://``, say) is one entry here.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -42,12 +44,22 @@ def gcs_api() -> tuple[str, dict[str, str]]:
     endpoint = os.environ.get(GCS_ENDPOINT_ENV)
     if endpoint:
         return f"http://{endpoint}", {}
-    import google.auth
     import google.auth.transport.requests
 
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
-    credentials.refresh(google.auth.transport.requests.Request())
+    credentials = _gcs_credentials()
+    if not credentials.valid:  # not fetched yet, or expired (a token lasts about an hour)
+        credentials.refresh(google.auth.transport.requests.Request())
     return "https://storage.googleapis.com", {"Authorization": f"Bearer {credentials.token}"}
+
+
+@functools.cache
+def _gcs_credentials() -> Any:
+    """This process's Application Default Credentials, found once (a lease renews every
+    few seconds; each lookup may ask the metadata server)."""
+    import google.auth
+
+    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
+    return credentials
 
 
 # Remote schemes: URI prefix -> the pyarrow filesystem for it. Paths without a scheme

@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,7 @@ import pytest
 from cluster.autoscaling import autoscaling_config, plan_launch
 from search.config import load_config
 from search.schedulable import trial_placement_groups
-from support import REPO, scenario_raycluster
+from support import REPO, free_port, scenario_raycluster, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,14 +46,6 @@ IDLE_TIMEOUT_S = 6
 # off, every address it picks for itself (the fake provider's nodes included) is
 # 127.0.0.1 (ray._private.services.get_node_ip_address).
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_provider_config(cluster: dict, gcs_port: int) -> dict:
@@ -119,17 +110,6 @@ def autoscaling_cluster():
         head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
         config_path.unlink(missing_ok=True)
-
-
-def wait_for(condition, timeout_s, what, log: Path | None = None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(1)
-    shown = "" if log is None else "; the autoscaler's log ends:\n" + "\n".join(
-        line for line in log.read_text().splitlines() if "took" not in line)[-6000:]
-    pytest.fail(f"{what} not seen within {timeout_s} s{shown}")
 
 
 def alive_nodes(address: str, env: dict) -> int:

@@ -20,16 +20,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from support import REPO, free_port
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_config(storage: Path, name: str) -> str:

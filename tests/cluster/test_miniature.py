@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from support import assert_each_epoch_trained_once, create_bucket, scenario_raycluster, start_fake_gcs
+from support import (assert_each_epoch_trained_once, create_bucket, free_port, scenario_raycluster, start_fake_gcs,
+                     wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +48,6 @@ resources: {strategy: single, cpus_per_worker: 1}
 
 def rendered_cluster() -> dict:
     return scenario_raycluster("cpu-values.yaml", storage={"bucket": BUCKET_PATH})
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_params(params: dict) -> list[str]:
@@ -107,15 +99,6 @@ def miniature(tmp_path_factory):
                 process.wait()
         server.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def wait_for(condition, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(1)
-    pytest.fail(f"{what} did not come up within {timeout_s} s")
 
 
 def ray_status_nodes(env, gcs_port) -> int:

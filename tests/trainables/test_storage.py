@@ -50,3 +50,31 @@ def test_unwritable_storage_is_refused(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="not writable"):
         check_writable(resolve(str(blocker / "below")))
+
+
+def test_gcs_credentials_are_found_once_and_refreshed_only_when_invalid(monkeypatch):
+    """The lease asks gcs_api every few seconds: Application Default Credentials are
+    looked up once per process, and a token fetched again only once it is invalid."""
+    from trainables import storage
+
+    class Credentials:
+        valid, token, refreshes = False, None, 0
+
+        def refresh(self, request):
+            self.refreshes += 1
+            self.valid, self.token = True, f"token-{self.refreshes}"
+
+    found = Credentials()
+    lookups = []
+    monkeypatch.setattr("google.auth.default", lambda scopes: (lookups.append(scopes) or found, "project"))
+    monkeypatch.delenv(storage.GCS_ENDPOINT_ENV, raising=False)
+    storage._gcs_credentials.cache_clear()
+    try:
+        assert storage.gcs_api()[1] == {"Authorization": "Bearer token-1"}
+        assert storage.gcs_api()[1] == {"Authorization": "Bearer token-1"}
+        assert (len(lookups), found.refreshes) == (1, 1)
+        found.valid = False  # expired
+        assert storage.gcs_api()[1] == {"Authorization": "Bearer token-2"}
+        assert (len(lookups), found.refreshes) == (1, 2)
+    finally:
+        storage._gcs_credentials.cache_clear()
