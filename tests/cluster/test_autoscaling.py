@@ -86,6 +86,24 @@ def test_the_readme_installs_every_pool_its_config_asks_for():
     assert (config_file, list(config.space.backbones)) in served(CHART / "ci" / values)
 
 
+def test_every_accelerator_group_of_every_scenario_is_one_the_real_autoscaler_scaled():
+    """test_autoscaling_cluster.py runs Ray's autoscaler itself on the README's scenario
+    only (each run costs minutes). Every accelerator node type any scenario has is, by the
+    resources the autoscaler derives for it, one of that scenario's, which that test scales
+    from zero and back; the CPU-only scenario is the miniature test's, whose nodes Ray
+    starts there. So the real run covers each accelerator group a scenario launches, and
+    this module's plans say which one each backbone needs."""
+    readme, _ = readme_gke_path()
+    scaled = [t["resources"] for t in view_of(readme)["available_node_types"].values()]
+    accelerator_groups = 0
+    for path in SCENARIOS:
+        for name, node_type in view_of(path.name)["available_node_types"].items():
+            if node_type["resources"].get("GPU") or node_type["resources"].get("TPU"):
+                assert node_type["resources"] in scaled, (path.name, name, node_type["resources"])
+                accelerator_groups += 1
+    assert accelerator_groups == 4  # gpu and tpu of gpu-, tpu- and gke-values
+
+
 def test_the_check_sees_a_config_whose_pools_are_missing():
     """Before this check, the README installed the GPU scenario and submitted
     configs/cifar10.yaml, whose B6/B7 go to TPUs: those trials waited for ever."""
