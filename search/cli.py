@@ -302,8 +302,9 @@ def summarise(config: Config, location, grid) -> int:
     paths = results.write_results(location, config.search.name, rows, results.history_table(grid))
     best = results.best_row(rows)
     stopped = sum(r.stopped_early for r in rows)
+    diverged = sum(r.diverged for r in rows)
     errored = sum(r.status == "ERROR" for r in rows)
-    print(f"trials: {len(rows)} ({stopped} stopped early by ASHA, {errored} errored)")
+    print(f"trials: {len(rows)} ({stopped} stopped early by ASHA, {diverged} diverged, {errored} errored)")
     print(f"trials table: {paths[results.TRIALS_PARQUET]}")
     if best is None:
         print("no trial reported a validation accuracy", file=sys.stderr)

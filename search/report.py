@@ -124,6 +124,7 @@ def plot_learning_curves(exp: Experiment) -> bytes:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     stopped = {t["trial_id"] for t in exp.trials if t["stopped_early"]}
+    diverged = {t["trial_id"] for t in exp.trials if t.get("diverged")}  # tables from before the column: none
     seen = set()
     for trial_id, curve in exp.history.groupby("trial_id"):
         curve = latest_per_epoch(curve)  # an epoch trained again after a restart: its last report
@@ -132,10 +133,12 @@ def plot_learning_curves(exp: Experiment) -> bytes:
         ax.plot(curve["epoch"], curve["val_accuracy"], color=colour, alpha=0.8,
                 label=backbone if backbone not in seen else None)
         seen.add(backbone)
-        if trial_id in stopped:
+        if trial_id in stopped or trial_id in diverged:
             last = curve.iloc[-1]
-            ax.scatter([last["epoch"]], [last["val_accuracy"]], marker="x", s=60, color=colour, zorder=3)
+            ax.scatter([last["epoch"]], [last["val_accuracy"]], marker="x" if trial_id in stopped else "v", s=60,
+                       color=colour, zorder=3)
     ax.scatter([], [], marker="x", color="black", label="stopped by ASHA")
+    ax.scatter([], [], marker="v", color="black", label="diverged")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title("Learning curves")
@@ -171,26 +174,49 @@ def plot_anytime(exp: Experiment) -> bytes:
     return data
 
 
+# How a trial ended, as each panel marks it: (marker, legend label).
+ENDINGS = {"finished": ("o", "finished"), "stopped": ("x", "stopped by ASHA (accuracy at its last rung)"),
+           "diverged": ("v", "diverged")}
+
+
+def ending(trial: dict[str, Any]) -> str:
+    if trial.get("diverged"):
+        return "diverged"
+    return "stopped" if trial["stopped_early"] else "finished"
+
+
+def searched_params(space: SpaceConfig) -> list:
+    """The parameters the space searches: those it fixes (low == high, one backbone) are
+    not among them."""
+    dists = distributions(space)
+    return [p for p in PARAMS if p.name in dists and not dists[p.name].single()]
+
+
 def plot_params(exp: Experiment) -> bytes:
-    """Best validation accuracy against every parameter of the table, one panel each."""
+    """Best validation accuracy against every searched parameter, one panel each (a
+    parameter the space fixes gets none); the marker says how the trial ended."""
     import matplotlib.pyplot as plt
 
+    searched = searched_params(exp.space)
     columns = 3
-    rows = -(-len(PARAMS) // columns)
+    rows = max(1, -(-len(searched) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(11, 3 * rows), squeeze=False)
-    for ax in axes.flat[len(PARAMS):]:
+    for ax in axes.flat[len(searched):]:
         ax.set_visible(False)
-    for ax, param in zip(axes.flat, PARAMS):
-        shown = [t for t in exp.trials if t.get(param.name) is not None]
-        ax.scatter([t[param.name] for t in shown], [t["best_val_accuracy"] for t in shown],
-                   c=[backbone_colour(t["backbone"]) for t in shown])
+    for ax, param in zip(axes.flat, searched):
+        for name, (marker, label) in ENDINGS.items():
+            shown = [t for t in exp.trials if t.get(param.name) is not None and ending(t) == name]
+            ax.scatter([t[param.name] for t in shown], [t["best_val_accuracy"] for t in shown], marker=marker,
+                       c=[backbone_colour(t["backbone"]) for t in shown], label=label)
         if getattr(getattr(exp.space, param.config_name), "log", False):
             ax.set_xscale("log")
         ax.set_xlabel(param.name)
         ax.set_ylabel("best val accuracy")
         ax.grid(alpha=0.3)
-    fig.suptitle("Validation accuracy against each searched parameter")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], marker=m, linestyle="", color="black", label=label) for m, label in ENDINGS.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("Validation accuracy against each searched parameter (colour: backbone)")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     data = _png(fig)
     plt.close(fig)
     return data
@@ -213,7 +239,7 @@ def plot_importance(values: dict[str, float]) -> bytes:
 
 
 def _trials_html(trials: list[dict[str, Any]]) -> str:
-    columns = ["trial_id", *(p.name for p in PARAMS), "epochs_run", "stopped_early", "best_val_accuracy"]
+    columns = ["trial_id", *(p.name for p in PARAMS), "epochs_run", "stopped_early", "diverged", "best_val_accuracy"]
     head = "".join(f"<th>{c}</th>" for c in columns)
     rows = []
     for t in sorted(trials, key=lambda t: -(t["best_val_accuracy"] or 0)):
@@ -242,7 +268,8 @@ def render_html(title: str, plots: dict[str, bytes], importance: dict[str, float
     best = max((t for t in exp.trials if t["best_val_accuracy"] == t["best_val_accuracy"]),
                key=lambda t: t["best_val_accuracy"], default=None)
     summary = (
-        f"{len(exp.trials)} trials, {sum(t['stopped_early'] for t in exp.trials)} stopped early by ASHA; "
+        f"{len(exp.trials)} trials, {sum(t['stopped_early'] for t in exp.trials)} stopped early by ASHA, "
+        f"{sum(bool(t.get('diverged')) for t in exp.trials)} diverged; "
         f"best validation accuracy {best['best_val_accuracy']:.4f} ({best['backbone']}, trial {best['trial_id']})"
         if best else f"{len(exp.trials)} trials"
     )

@@ -1,8 +1,8 @@
 """What a finished search leaves in its experiment directory.
 
 - ``trials.parquet`` and ``trials.csv``: one row per trial: its sampled configuration,
-  status, epochs run, best validation accuracy, the epoch of that best, and the path of
-  its best checkpoint;
+  status, epochs run, whether ASHA stopped it early or it diverged, best validation
+  accuracy, the epoch of that best, and the path of its best checkpoint;
 - ``history.parquet``: every epoch report of every trial as Tune received it (learning
   curves), with the attempt that made it: an epoch trained again after a restart shows
   twice; :func:`latest_per_epoch` is the one-report-per-epoch view;
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from trainables.metrics import ATTEMPT
+from trainables.metrics import ATTEMPT, DIVERGED
 from trainables.params import NAMES
 from trainables.storage import Location
 
@@ -46,10 +46,12 @@ class TrialRow:
     best_checkpoint: str | None
     error: str | None
     attempts: int = 1  # the most starts of its training (trainables.metrics.ATTEMPT)
+    diverged: bool = False  # its training loss diverged (trainables.divergence); a result
 
     @property
     def stopped_early(self) -> bool:
-        return self.status == "TERMINATED" and self.epochs_run < self.planned_epochs
+        """Stopped by the scheduler (ASHA) before its planned epochs."""
+        return self.status == "TERMINATED" and not self.diverged and self.epochs_run < self.planned_epochs
 
 
 def latest_per_epoch(reports: Any, by: tuple[str, ...] = ("epoch",)) -> Any:
@@ -114,6 +116,7 @@ def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any,
                 best_checkpoint=best_path,
                 error=error_summary(result.error) if result.error else None,
                 attempts=int(frame[ATTEMPT].max()) if has_metric and ATTEMPT in frame else 1,
+                diverged=bool(has_metric and DIVERGED in frame and frame[DIVERGED].fillna(False).astype(bool).any()),
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)
@@ -141,6 +144,7 @@ def rows_table(rows: list[TrialRow]) -> pa.Table:
         epochs_run=[r.epochs_run for r in rows],
         planned_epochs=[r.planned_epochs for r in rows],
         stopped_early=[r.stopped_early for r in rows],
+        diverged=[r.diverged for r in rows],
         best_val_accuracy=[r.best_val_accuracy for r in rows],
         best_epoch=[r.best_epoch for r in rows],
         best_checkpoint=[r.best_checkpoint for r in rows],
@@ -166,7 +170,7 @@ def history_table(result_grid: Any) -> pa.Table:
         # timestamp: when the epoch's result reached Tune (seconds), ordering the epochs of
         # concurrent trials for the anytime curve
         keep = ["trial_id", "epoch", ATTEMPT, "timestamp", "phase", "lr", "train_loss", "train_accuracy",
-                "val_accuracy", *NAMES]
+                "val_accuracy", DIVERGED, *NAMES]
         frames.append(frame[[c for c in keep if c in frame]])
     if not frames:
         return pa.table({"trial_id": pa.array([], pa.string())})

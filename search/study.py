@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.metrics import EPOCH, PLANNED_EPOCHS
+from trainables.metrics import DIVERGED, EPOCH, PLANNED_EPOCHS
 from trainables.storage import Location
 from trainables.cache import CACHE_ROOT
 
@@ -89,6 +89,10 @@ class UploadStudy(tune.Callback):
 
 
 
+# The user attribute of a PRUNED trial that says what ended it.
+PRUNED_BY = "pruned_by"
+
+
 class StudySearch(OptunaSearch):
     """``OptunaSearch`` that keeps every epoch in the study and tells pruned from complete.
 
@@ -98,7 +102,8 @@ class StudySearch(OptunaSearch):
     intermediate value as well, and a trial that stopped before its planned epochs is
     PRUNED: Optuna's TPE then ranks it by the epoch it reached and its value there, the
     way it treats trials its own pruners stop, instead of taking an accuracy cut short
-    at an early rung as a final one.
+    at an early rung as a final one. The user attribute ``pruned_by`` says what ended it:
+    ``scheduler`` (ASHA) or ``diverged`` (its loss; trainables.divergence).
     """
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -127,7 +132,9 @@ class StudySearch(OptunaSearch):
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            trial = self._ot_trials[trial_id]
+            trial.set_user_attr(PRUNED_BY, "diverged" if result.get(DIVERGED) else "scheduler")
+            self._ot_study.tell(trial, state=TrialState.PRUNED)
         except Exception as exc:  # e.g. already told by a driver killed before its snapshot
             log.warning("trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)

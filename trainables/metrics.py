@@ -9,3 +9,6 @@ PLANNED_EPOCHS = "planned_epochs"
 # worker or trial restarted after a failure, a resumed search). A restart before the
 # first checkpoint starts over at 1.
 ATTEMPT = "attempt"
+# True on the epoch where the trial's training loss diverged (trainables.divergence): the
+# trial trained no further and ended as a result, not an error.
+DIVERGED = "diverged"

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -27,9 +27,10 @@ import tensorflow as tf
 from trainables import checkpoint as ckpt
 from trainables.augment import eval_dataset, train_dataset
 from trainables.data import load_configured
+from trainables.divergence import diverged
 from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, build_model, set_phase
-from trainables.metrics import ATTEMPT, PLANNED_EPOCHS
+from trainables.metrics import ATTEMPT, DIVERGED, PLANNED_EPOCHS
 from trainables.reporting import Reporter
 from trainables.schedule import learning_rate
 from trainables.schedule_graph import phase2_rate
@@ -183,22 +184,40 @@ class PhaseStep:
         self.train_step = train_step
         self.train_steps = train_steps
 
-    def run_epoch(self, dataset: Any, steps: int, first_step: int) -> tuple[float, float]:
+    def run_epoch(self, dataset: Any, steps: int, first_step: int,
+                  stop_if: Callable[[float], bool] | None = None) -> EpochSums:
         """Train ``steps`` steps on ``dataset`` (a tf.data or distributed dataset, or an
         iterator over one, which carries on where it stands).
 
         ``first_step`` is the phase's step counter at the epoch's start (it sets the
-        schedule's clock, so a resumed epoch gets the rates it would have had). Returns
-        the epoch's summed loss and correct count: the only values read back.
+        schedule's clock, so a resumed epoch gets the rates it would have had).
+        ``stop_if`` is asked, after each compiled call, with the mean loss of the epoch's
+        steps so far; True ends the epoch there (a diverged trial: see
+        trainables.divergence). Every worker of a trial reads the same all-reduced sums,
+        so all stop at the same call. Returns the epoch's sums: the only values read back.
         """
         self.step.assign(first_step)
         self.sums.assign([0.0, 0.0])
         iterator = iter(dataset)
         chunk = self.steps_per_execution or steps
-        for done in range(0, steps, chunk):
-            self.train_steps(iterator, tf.constant(min(chunk, steps - done), tf.int64))
+        done = 0
+        while done < steps:
+            count = min(chunk, steps - done)
+            self.train_steps(iterator, tf.constant(count, tf.int64))
+            done += count
+            if stop_if is not None and done < steps and stop_if(float(self.sums[0].numpy()) / done):
+                break
         loss_sum, correct_sum = self.sums.numpy()
-        return float(loss_sum), float(correct_sum)
+        return EpochSums(float(loss_sum), float(correct_sum), done)
+
+
+class EpochSums(NamedTuple):
+    """What one epoch's training read back: summed loss and correct count over ``steps``
+    steps (fewer than planned when the epoch was stopped)."""
+
+    loss_sum: float
+    correct_sum: float
+    steps: int
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -324,16 +343,20 @@ def train_trial(
             # replica.
             own = dataset
             dataset = strategy.distribute_datasets_from_function(lambda _: own)
-        loss_sum, correct_sum = phase.run_epoch(dataset, steps_per_epoch, first_step(spec, epoch, steps_per_epoch))
+        sums = phase.run_epoch(dataset, steps_per_epoch, first_step(spec, epoch, steps_per_epoch),
+                               stop_if=lambda mean_loss: diverged(mean_loss, data.num_classes))
+        train_loss = sums.loss_sum / sums.steps
         metrics = {
             "epoch": epoch + 1,
             PLANNED_EPOCHS: spec.total_epochs,
             ATTEMPT: attempt,
             "phase": phase_name,
             "lr": float(phase.optimizer.learning_rate.numpy()),
-            "train_loss": loss_sum / steps_per_epoch,
-            "train_accuracy": correct_sum / (steps_per_epoch * batch_size),
+            "train_loss": train_loss,
+            "train_accuracy": sums.correct_sum / (sums.steps * batch_size),
             "val_accuracy": dataset_accuracy(predict, val_data),
+            # the trial's end as a result: it trains no further (trainables.divergence)
+            DIVERGED: diverged(train_loss, data.num_classes),
         }
         if context.num_workers > 1:
             # Replicas of one trial must hold identical weights; this digest shows it.
@@ -347,4 +370,8 @@ def train_trial(
                 directory, model, phase.optimizer, ckpt.CheckpointState(spec, epoch + 1, phase_name, metrics)
             )
         report(metrics, directory)  # the reporter owns the directory now
+        if metrics[DIVERGED]:
+            log.info("%s diverged at epoch %d (mean training loss %.4g): training ends here",
+                     spec.hp.backbone, epoch + 1, train_loss)
+            break
     return metrics

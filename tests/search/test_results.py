@@ -39,3 +39,48 @@ def test_the_trials_table_counts_each_epoch_once():
     (row,) = trial_rows([rerun_trial()], "val_accuracy", "max", planned_epochs=lambda config: 3,
                         kept_best=lambda trial_id, epoch: f"/best/{trial_id}/{epoch}")
     assert (row.epochs_run, row.best_epoch, row.attempts) == (3, 3, 2)
+
+
+def test_a_diverged_trial_is_a_result_not_an_early_stop():
+    reports = [{"epoch": 1, "attempt": 1, "val_accuracy": 0.1, "timestamp": 0, "diverged": False},
+               {"epoch": 2, "attempt": 1, "val_accuracy": 0.1, "timestamp": 1, "diverged": True}]
+    (row,) = trial_rows([Result("t2", reports)], "val_accuracy", "max", planned_epochs=lambda config: 5,
+                        kept_best=lambda trial_id, epoch: None)
+    assert row.status == "TERMINATED" and row.diverged and not row.stopped_early
+    (healthy,) = trial_rows([rerun_trial()], "val_accuracy", "max", planned_epochs=lambda config: 5,
+                            kept_best=lambda trial_id, epoch: None)
+    assert not healthy.diverged and healthy.stopped_early  # 3 of 5 epochs: ASHA's
+
+
+def test_the_study_says_what_pruned_a_trial(tmp_path):
+    """A trial ended before its planned epochs is PRUNED in study.db, with the user
+    attribute pruned_by: "diverged" (its loss) or "scheduler" (ASHA)."""
+    import optuna
+
+    from search.config import Config, SearchConfig, StorageConfig
+    from search.run import make_searcher
+    from search.space import param_space
+    from search.study import PRUNED_BY
+    from trainables.storage import resolve
+
+    config = Config(search=SearchConfig(name="pruned"), storage=StorageConfig(path=str(tmp_path)))
+    searcher = make_searcher(config, resolve(str(tmp_path)))
+    searcher.set_search_properties("val_accuracy", "max", param_space(config.space))
+    for trial_id, diverged in (("a", True), ("b", False)):
+        searcher.suggest(trial_id)
+        first = {"epoch": 1, "training_iteration": 1, "val_accuracy": 0.1, "planned_epochs": 5, "diverged": False}
+        searcher.on_trial_result(trial_id, first)
+        searcher.on_trial_complete(trial_id, {**first, "epoch": 2, "training_iteration": 2, "diverged": diverged})
+    trials = optuna.load_study(study_name="pruned", storage=f"sqlite:///{tmp_path / 'pruned' / 'study.db'}").trials
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert [t.user_attrs[PRUNED_BY] for t in trials] == ["diverged", "scheduler"]
+
+
+def test_a_parameter_the_space_fixes_gets_no_panel_in_the_report():
+    from search.config import FloatRange, SpaceConfig
+    from search.report import searched_params
+
+    space = SpaceConfig(backbones=("B0",), unfreeze_fraction=FloatRange(1.0, 1.0))
+    names = [p.name for p in searched_params(space)]
+    assert "unfreeze_fraction" not in names and "backbone" not in names
+    assert "max_lr" in names and "dropout" in names

@@ -124,7 +124,7 @@ def test_xla_compiled_step_with_loss_scaling():
         assert losses[-1] < losses[0] * 0.7
         # the device loop calls the same compiled step: 5 steps in one call
         data = tf.data.Dataset.from_tensors((x, y)).repeat()
-        loss_sum, correct = step.run_epoch(data, 5, first_step=0)
+        loss_sum, correct, _ = step.run_epoch(data, 5, first_step=0)
         assert loss_sum / 5 < losses[0] * 0.7 and correct > 0
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -184,11 +184,11 @@ def test_resume_restores_weights_and_optimizer_bit_for_bit(trained, tmp_path, mo
             super().__init__(model, **kwargs)
             self.model = model
 
-        def run_epoch(self, dataset, steps, first_step):
+        def run_epoch(self, dataset, steps, first_step, **kwargs):
             if not seen:
                 seen["weights"] = [np.array(w.numpy()) for w in self.model.weights]
                 seen["optimizer"] = [(v.path, np.array(v.numpy())) for v in self.optimizer.variables]
-            return super().run_epoch(dataset, steps, first_step)
+            return super().run_epoch(dataset, steps, first_step, **kwargs)
 
     monkeypatch.setattr(train, "PhaseStep", Snapshot)
     train_trial(spec, Collect(tmp_path), resume_from=second)
@@ -209,3 +209,24 @@ def test_resume_restores_weights_and_optimizer_bit_for_bit(trained, tmp_path, mo
         compared += 1
     assert compared > len(saved.trainable_weights)  # the momenta and the step counter
     assert any(np.any(value != 0) for value in values)  # momenta were there to restore
+
+
+def test_a_diverging_trial_ends_as_a_result_and_a_healthy_one_does_not(trained, tmp_path):
+    """Rates far too high (head 5.0, peak 2.0, as a user who guessed): the trial reports
+    the epoch whose mean loss crossed the rule's threshold, marked diverged, and trains
+    no further. The suite's healthy trial (the shared fixture, whose loss is noisy on 64
+    images) never comes near it."""
+    from support import tiny_spec
+    from trainables.divergence import threshold
+
+    spec, reports = trained
+    assert not any(m["diverged"] for m, _ in reports)
+    assert max(m["train_loss"] for m, _ in reports) < threshold(10) / 4
+
+    collect = Collect(tmp_path)
+    wild = tiny_spec(head_lr=5.0, max_lr=2.0, head_epochs=1, cooldown_epochs=3)
+    last = train_trial(wild, collect)
+    epochs = [m["epoch"] for m, _ in collect.reports]
+    assert last["diverged"] and [m["diverged"] for m, _ in collect.reports] == [False] * (len(epochs) - 1) + [True]
+    assert len(epochs) < wild.total_epochs, epochs  # it stopped
+    assert not last["train_loss"] < threshold(10)  # above it, or not a number
