@@ -10,8 +10,8 @@ for values from the sampled max_lr), "kill": [event, count] or null, "resume": b
 "ledger": a file each trained epoch is appended to (trial id, epoch, the Ray node), "fail": {"trial" (its index from 1),
 "epoch", "message"} or null: that trial raises OSError(message) at that epoch, every
 time}. ``kill`` SIGKILLs the driver's
-process group (the driver and the local Ray it started) at the count-th ``result`` or
-``complete`` event Tune's callbacks see, before Tune's next experiment snapshot. A run
+process group (the driver and the local Ray it started) at the count-th ``start``,
+``result`` or ``complete`` event Tune's callbacks see, before Tune's next experiment snapshot. A run
 that is not killed prints the search's trials as JSON.
 """
 
@@ -90,6 +90,9 @@ class KillAt(tune.Callback):
             self.seen += 1
             if self.seen == self.count:
                 os.killpg(0, signal.SIGKILL)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._tick("start")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._tick("result")

@@ -142,9 +142,12 @@ def test_a_holder_renews_and_learns_when_its_lease_is_taken_over(fake_gcs, tmp_p
         time.sleep(1.5)
         renewed, later = lease._read()
         assert renewed.pid == me.pid and renewed.heartbeat > first.heartbeat and later != generation
-        # another driver replaces the record (as a --resume takeover does)
+        # another driver replaces the record (as a --resume takeover does: read the
+        # generation, write conditionally on it; a renewal in between makes it read again)
         other = Holder(host="elsewhere", pid=1, job="raysubmit_other", since=time.time(), heartbeat=time.time())
-        assert lease._write(other, later) is not None
+        deadline = time.monotonic() + 10
+        while lease._write(other, lease._read()[1]) is None:
+            assert time.monotonic() < deadline, "the record could not be replaced within 10 s"
         deadline = time.monotonic() + 10
         while not lost and time.monotonic() < deadline:
             time.sleep(0.2)

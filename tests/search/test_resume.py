@@ -200,12 +200,13 @@ def kill_points(seed: int, count: int) -> list[tuple[str, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("event,count", kill_points(seed=14, count=3))
+@pytest.mark.parametrize("event,count", [*kill_points(seed=14, count=2), ("start", 3)])
 def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, event, count):
     """Tune's experiment state is saved at every step of its loop (search.run), so the
     resumed search retrains, per trial running at the kill, at most the epoch it had in
     flight (its last in the ledger then), and no other epoch; counted in the stand-ins'
-    ledger of every epoch trained."""
+    ledger of every epoch trained. ("start", 3): killed as the third trial starts, while
+    the first two may still train; a trial started just before the kill is kept too.)"""
     code, _ = drive(tmp_path, num_trials=4, concurrent=2, kill=[event, count])
     assert code == -signal.SIGKILL
     started = {trial for trial, _ in ledger(tmp_path)}
