@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from trainables.errors import InputError
+
 TABLE = Path(__file__).with_name("memory_table.json")
 
 # Nominal memory per replica's device, GiB. GPUs by GKE's gke-accelerator label (NVIDIA
@@ -70,12 +72,14 @@ def step_cost(backbone: str, side: int, *, mixed_precision: bool = False) -> Cos
     """The memory model of ``backbone`` at ``side`` pixels.
 
     Raises:
-        KeyError: the backbone was never measured (run bench/memory.py for it).
+        InputError: the backbone was never measured; the message says how to measure it.
     """
-    fits = table()["backbones"][backbone]
-    small, native = fits["small"], fits["native"]
+    fits = table()["backbones"].get(backbone) or {}
+    small, native = fits.get("small"), fits.get("native")
     if small is None or native is None:
-        raise KeyError(f"{backbone}: the memory table lacks a measurement (rerun bench/memory.py)")
+        raise InputError(
+            f"backbone {backbone} has no memory measurement in {TABLE.name}, which hpsearch plan and run size "
+            f"every trial's step by: measure it with `python bench/memory.py --backbones {backbone}`")
     # per_image(side) = a + c * side**2 through the two measured sides; below the small
     # side, no less than the small side's cost scaled by the pixel count.
     s0, s1 = small["side"] ** 2, native["side"] ** 2

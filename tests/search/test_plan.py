@@ -109,3 +109,21 @@ def test_an_impossible_shape_exits_2_naming_its_backbone(tmp_path):
     assert "B7 cannot fit its CPU even at 1 image per micro-batch" in done.stderr
     assert "B0 cannot" not in done.stderr and "Traceback" not in done.stderr
     assert "| B7 |" in done.stdout and "| NO |" in done.stdout  # the table still shows why
+
+
+def test_a_backbone_with_no_memory_row_is_bad_input_naming_the_remedy(monkeypatch):
+    """A backbone family added without its measured memory row: a clear error (exit 2)
+    saying how to measure it, not a KeyError traceback."""
+    import pytest
+
+    from trainables import memory
+    from trainables.errors import InputError
+
+    measured = memory.table()
+    monkeypatch.setattr(memory, "table", lambda: {**measured, "backbones": {
+        k: v for k, v in measured["backbones"].items() if k != "B0"}})
+    with pytest.raises(InputError) as raised:
+        memory.step_cost("B0", 32)
+    assert raised.value.exit_code == 2
+    assert "B0 has no memory measurement" in str(raised.value)
+    assert "python bench/memory.py --backbones B0" in str(raised.value)
