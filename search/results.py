@@ -54,11 +54,10 @@ class TrialRow:
         return self.status == "TERMINATED" and not self.diverged and self.epochs_run < self.planned_epochs
 
 
-def latest_per_epoch(reports: Any, by: tuple[str, ...] = ("epoch",)) -> Any:
-    """One report per epoch (of each ``by`` group): the last one, where a restarted trial
-    trained an epoch again; in epoch order."""
-    keys = list(by)
-    return reports.drop_duplicates(keys, keep="last").sort_values(keys).reset_index(drop=True)
+def latest_per_epoch(reports: Any) -> Any:
+    """One trial's reports, one per epoch: the last one, where a restarted trial trained
+    an epoch again; in epoch order."""
+    return reports.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
 def epochs_of(result: Any) -> Any:
