@@ -11,8 +11,9 @@ for values from the sampled max_lr), "kill": [event, count] or null, "resume": b
 "epoch", "message"} or null: that trial raises OSError(message) at that epoch, every
 time}. ``kill`` SIGKILLs the driver's
 process group (the driver and the local Ray it started) at the count-th ``start``,
-``result`` or ``complete`` event Tune's callbacks see, before Tune's next experiment snapshot. A run
-that is not killed prints the search's trials as JSON.
+``result`` or ``complete`` event Tune's callbacks see, before Tune's next experiment snapshot,
+first writing the event's trial id and epoch (null unless a result) to ``<ledger>.killed``.
+A run that is not killed prints the search's trials as JSON.
 """
 
 from __future__ import annotations
@@ -81,24 +82,26 @@ class KillAt(tune.Callback):
     driver that was given this one acts on it.
     """
 
-    def __init__(self, event: str, count: int) -> None:
+    def __init__(self, event: str, count: int, record: str) -> None:
         self.event, self.count, self.seen = event, count, 0
+        self.record = record
         self.pid = os.getpid()
 
-    def _tick(self, event: str) -> None:
+    def _tick(self, event: str, trial, epoch: int | None = None) -> None:
         if event == self.event and os.getpid() == self.pid:
             self.seen += 1
             if self.seen == self.count:
+                Path(self.record).write_text(json.dumps({"trial_id": trial.trial_id, "epoch": epoch}))
                 os.killpg(0, signal.SIGKILL)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._tick("start")
+        self._tick("start", trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._tick("result")
+        self._tick("result", trial, result.get("epoch"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._tick("complete")
+        self._tick("complete", trial)
 
 
 def main() -> None:
@@ -112,7 +115,7 @@ def main() -> None:
             steps = rounds.next_steps(rounds.read(location, config.search.name), config.search.num_trials)
         else:
             steps = rounds.Steps(resume=None, add=rounds.Round(1, config.search.num_trials))
-        callbacks = [KillAt(*args["kill"])] if args["kill"] else None
+        callbacks = [KillAt(*args["kill"], record=args["ledger"] + ".killed")] if args["kill"] else None
         grids = run_rounds(config, location, steps, trainable=trainable, callbacks=callbacks)
         results = all_results(config, location, grids, trainable=trainable)
     finally:

@@ -111,6 +111,14 @@ def in_flight(entries: list[tuple[str, int]]) -> set[tuple[str, int]]:
     return set(dict(entries).items())
 
 
+def killed_result(tmp_path: Path) -> set[tuple[str, int]]:
+    """The epoch result the driver was handling when it was killed (none unless killed at
+    a result): Tune saves it in the next snapshot, which the kill prevented, so that epoch
+    may be trained again too (its trial may already have started the next one)."""
+    killed = json.loads((tmp_path / "ledger.killed").read_text())
+    return set() if killed["epoch"] is None else {(killed["trial_id"], killed["epoch"])}
+
+
 def check_whole(result: dict, num_trials: int, may_repeat: set[tuple[str, int]] = frozenset()) -> None:
     """The configured trials, each finished, each epoch in the history (which keeps every
     report) once, except an epoch in ``may_repeat`` (in flight when a driver was killed),
@@ -204,8 +212,8 @@ def kill_points(seed: int, count: int) -> list[tuple[str, int]]:
 def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, event, count):
     """Tune's experiment state is saved at every step of its loop (search.run), so the
     resumed search retrains, per trial running at the kill, at most the epoch it had in
-    flight (its last in the ledger then), and no other epoch; counted in the stand-ins'
-    ledger of every epoch trained. ("start", 3): killed as the third trial starts, while
+    flight (its last in the ledger then) and, when killed while handling an epoch's result,
+    that epoch, and no other; counted in the stand-ins' ledger of every epoch trained. ("start", 3): killed as the third trial starts, while
     the first two may still train; a trial started just before the kill is kept too.)"""
     code, _ = drive(tmp_path, num_trials=4, concurrent=2, kill=[event, count])
     assert code == -signal.SIGKILL
@@ -215,11 +223,12 @@ def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, eve
     code, result = drive(tmp_path, num_trials=4, concurrent=2, resume=True)
     assert code == 0, result
     before = first_run(tmp_path)
-    check_whole(result, 4, may_repeat=in_flight(before))  # the configured count: none lost, none added
+    may_repeat = in_flight(before) | killed_result(tmp_path)
+    check_whole(result, 4, may_repeat=may_repeat)  # the configured count: none lost, none added
     assert started <= {trial["trial_id"] for trial in result["trials"]}  # every trial begun is kept
     trained = Counter(ledger(tmp_path))
     again = {entry for entry, times in trained.items() if times > 1}
-    assert again <= in_flight(before) and max(trained.values()) <= 2, (before, trained)
+    assert again <= may_repeat and max(trained.values()) <= 2, (before, trained)
     for trial in result["trials"]:  # every epoch of the history was trained
         assert {(trial["trial_id"], e) for e in trial["history_epochs"]} <= set(trained)
 
