@@ -6,7 +6,17 @@ every test that needs a trained checkpoint reads it.
 
 from __future__ import annotations
 
-import pytest
+import os
+from pathlib import Path
+
+# The tiny test backbone ("Tiny", tests/tiny_backbone.py), registered as a user registers a
+# family of their own, for this process and every one it starts: set before anything
+# imports trainables.backbones, which reads the registry once.
+_TESTS = str(Path(__file__).resolve().parent)
+os.environ["HPSEARCH_BACKBONE_MODULES"] = "tiny_backbone"
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
+
+import pytest  # noqa: E402
 
 from support import make_experiment, create_bucket, start_fake_gcs
 

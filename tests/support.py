@@ -18,7 +18,8 @@ TESTS = Path(__file__).resolve().parent
 
 
 def tiny_spec(**overrides) -> TrialSpec:
-    """A trial of a few seconds per epoch: 64 digits at 32 px, head 1 + warmup 1 + cooldown 1.
+    """A trial of a few seconds: the tiny test backbone on 64 digits at 32 px, head 1 + warmup
+    1 + cooldown 1.
 
     Overrides name any field of the spec's sections (``max_lr``, ``head_epochs``,
     ``dataset``, ``seed``); each goes to the section that declares it.
@@ -26,7 +27,7 @@ def tiny_spec(**overrides) -> TrialSpec:
     data = DataConfig(dataset="digits", validation_fraction=0.2, image_size=32, max_train_examples=64, seed=0)
     recipe = RecipeConfig(batch_size=16, head_epochs=1, head_lr=0.01, flat_epochs=0, cooldown_epochs=1,
                           min_lr=0.001, momentum=0.9, weights="none", flip=False)
-    hp = Hyperparams(backbone="B0", cutout_fraction=0.25, cutout_count=1, dropout=0.2, warmup_epochs=1, max_lr=0.02)
+    hp = Hyperparams(backbone="Tiny", cutout_fraction=0.25, cutout_count=1, dropout=0.2, warmup_epochs=1, max_lr=0.02)
     seed = overrides.pop("seed", 0)  # the trial's seed (the data section has its own)
     micro_batches = overrides.pop("micro_batches", 1)
     sections = {"data": data, "recipe": recipe, "hp": hp}
@@ -170,7 +171,7 @@ def make_experiment(root: Path, name: str = "exp") -> tuple[Path, list[TrainedTr
 
     spec = trained[0].spec
     # the space the three trials were drawn from, as a search would have recorded it
-    space = dataclasses.replace(SpaceConfig(), backbones=("B0",), warmup_epochs=IntRange(0, 1))
+    space = dataclasses.replace(SpaceConfig(), backbones=("Tiny",), warmup_epochs=IntRange(0, 1))
     config = Config(data=spec.data, space=space, recipe=spec.recipe, search=SearchConfig(name=name))
     (experiment / "search_config.json").write_text(json.dumps(config_to_dict(config)))
     return experiment, trained

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from trainables import backbones
 from trainables.errors import InputError
 
 TABLE = Path(__file__).with_name("memory_table.json")
@@ -74,7 +75,7 @@ def step_cost(backbone: str, side: int, *, mixed_precision: bool = False) -> Cos
     Raises:
         InputError: the backbone was never measured; the message says how to measure it.
     """
-    fits = table()["backbones"].get(backbone) or {}
+    fits = table()["backbones"].get(backbone) or backbones.get(backbone).memory or {}
     small, native = fits.get("small"), fits.get("native")
     if small is None or native is None:
         raise InputError(

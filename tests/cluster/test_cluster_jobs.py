@@ -31,7 +31,7 @@ def tiny_config(storage: Path, name: str) -> str:
     return f"""
 data: {{dataset: digits, image_size: 32, max_train_examples: 64}}
 space:
-  backbones: [B0]
+  backbones: [Tiny]
   warmup_epochs: {{low: 0, high: 0}}
   max_lr: {{low: 0.01, high: 0.02, log: true}}
 recipe: {{weights: none, flip: false, batch_size: 16, head_epochs: 1, flat_epochs: 0, cooldown_epochs: 1}}

@@ -37,7 +37,7 @@ BUCKET_PATH = "gs://hpsearch-test/experiments"
 CONFIG = """
 data: {dataset: digits, image_size: 32, max_train_examples: 96}
 space:
-  backbones: [B0]
+  backbones: [Tiny]
   warmup_epochs: {low: 0, high: 1}
   max_lr: {low: 0.01, high: 0.02, log: true}
 recipe: {weights: none, flip: false, batch_size: 32, head_epochs: 0, flat_epochs: 1, cooldown_epochs: 1}

@@ -98,7 +98,7 @@ def test_distributed_search_survives_a_killed_worker_and_stops_a_trial(local_ray
     data = write_colour_batches(tmp_path / "colours", n_train=2000)
     config = config_from_dict({
         "data": {"dataset": str(data), "image_size": 32},
-        "space": {"backbones": ["B0"], "cutout_count": {"low": 0, "high": 1}, "warmup_epochs": {"low": 0, "high": 1},
+        "space": {"backbones": ["Tiny"], "cutout_count": {"low": 0, "high": 1}, "warmup_epochs": {"low": 0, "high": 1},
                   "max_lr": {"low": 0.01, "high": 3.0, "log": True}},
         "recipe": {"batch_size": 32, "head_epochs": 0, "flat_epochs": 1, "cooldown_epochs": 1, "weights": "none",
                    "flip": False},

@@ -60,7 +60,7 @@ def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_tr
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({
         "data": {"dataset": "digits", "image_size": 32},
-        "space": {"backbones": ["B0"]},
+        "space": {"backbones": ["Tiny"]},
         "recipe": {"weights": "none", "flip": False},
         "search": {"name": "resumed", "seed": 3, "max_concurrent_trials": 1},
         # a killed driver's lease goes stale after 5 s here (120 s by default)

@@ -43,3 +43,32 @@ def test_each_family_builds_a_headless_feature_extractor(family_smallest):
     model = family_smallest.build(None, (32, 32, 3))
     features = model(np.zeros((2, 32, 32, 3), "float32"))
     assert len(features.shape) == 4 and features.shape[0] == 2
+
+
+def run_hpsearch(env_value: str | None, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != backbones.EXTRA_MODULES}
+    if env_value is not None:
+        env[backbones.EXTRA_MODULES] = env_value
+    return subprocess.run([sys.executable, "-m", "search", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_family_outside_the_package_is_registered_by_the_environment(tmp_path):
+    """tests/conftest.py registers the tiny test backbone this way; without the variable
+    the registry holds the package's own families only, and a module that cannot be
+    imported is bad input naming the variable and the fix."""
+    assert BACKBONES["Tiny"].family == "tiny"
+    config = tmp_path / "config.yaml"
+    config.write_text("space: {backbones: [Tiny]}\n")
+    without = run_hpsearch(None, "plan", "--config", str(config))
+    assert without.returncode == 2 and "space.backbones[0]" in without.stderr and "'Tiny'" in without.stderr
+    broken = run_hpsearch("no_such_family", "plan", "--config", str(config))
+    assert broken.returncode == 2, broken.stderr[-2000:]
+    assert "HPSEARCH_BACKBONE_MODULES names 'no_such_family', which cannot be imported" in broken.stderr
+    assert "PYTHONPATH" in broken.stderr and "Traceback" not in broken.stderr
+    registered = run_hpsearch("tiny_backbone", "plan", "--config", str(config))
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    assert "Tiny" in registered.stdout

@@ -4,25 +4,48 @@ A family is one module here that defines ``BACKBONES``, a tuple of
 :class:`~trainables.backbones.base.Backbone`. Modules are found by listing the package,
 so adding a family is adding its module; config validation, the CLI and the report read
 the names from :data:`BACKBONES`. Nothing here imports TensorFlow.
+
+A family kept outside this package is named in the environment variable
+``HPSEARCH_BACKBONE_MODULES`` (importable module names, comma-separated), set wherever
+hpsearch runs: the driver and every Ray node, since trials build their models there.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 from trainables.backbones.base import Backbone
 from trainables.errors import InputError
 
+EXTRA_MODULES = "HPSEARCH_BACKBONE_MODULES"
+
+
+def _family_modules() -> list[str]:
+    here = [f"{__name__}.{m.name}" for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+            if m.name != "base"]
+    extra = [name.strip() for name in os.environ.get(EXTRA_MODULES, "").split(",") if name.strip()]
+    return here + extra
+
+
+def _import_family(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise InputError(f"{EXTRA_MODULES} names {module!r}, which cannot be imported ({error}): "
+                         "put its directory on PYTHONPATH or remove it from the variable") from None
+
 
 def _discover() -> dict[str, Backbone]:
     found: dict[str, Backbone] = {}
-    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-        if module == "base":
-            continue
-        for backbone in importlib.import_module(f"{__name__}.{module}").BACKBONES:
+    for module in _family_modules():
+        declared = getattr(_import_family(module), "BACKBONES", None)
+        if declared is None:
+            raise InputError(f"backbone module {module!r} defines no BACKBONES (a tuple of Backbone)")
+        for backbone in declared:
             if backbone.name in found:
-                raise RuntimeError(f"backbone {backbone.name!r} is declared by two families")  # a bug here
+                raise InputError(f"backbone {backbone.name!r} is declared by two families (the second in {module})")
             found[backbone.name] = backbone
     return found
 
@@ -51,4 +74,4 @@ def input_resolution(name: str, override: int | None = None) -> int:
     return override if override is not None else backbone.native_resolution
 
 
-__all__ = ["BACKBONES", "DEFAULT_SPACE", "Backbone", "get", "input_resolution"]
+__all__ = ["BACKBONES", "DEFAULT_SPACE", "EXTRA_MODULES", "Backbone", "get", "input_resolution"]

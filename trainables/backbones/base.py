@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,13 @@ class Backbone:
         imagenet_url: where that file is published.
         make_imagenet_file: writes that file at a local path from something installed
             (a converted checkpoint); None when it is downloaded from ``imagenet_url``.
+        memory: its step's memory measurement in ``trainables/memory_table.json``'s
+            per-backbone format (``{"small": {...}, "native": {...}}``), for a family kept
+            outside this package; None reads the table.
+
+    A backbone takes images in 0-255 and names its layers ``<block>_<part>`` (``stem_conv``,
+    ``block3b_dwconv``): partial fine-tuning unfreezes whole blocks by that prefix
+    (:func:`trainables.model.top_blocks`).
     """
 
     name: str
@@ -35,3 +42,4 @@ class Backbone:
     imagenet_file: str | None = None
     imagenet_url: str | None = None
     make_imagenet_file: Callable[[str], Any] | None = None
+    memory: Mapping[str, Mapping[str, float]] | None = None
