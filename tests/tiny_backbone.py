@@ -22,16 +22,21 @@ MEMORY = {"small": {"side": 32, "fixed_mib": 50.0, "per_image_mib": 0.5},
 def build(weights, input_shape):
     import keras
 
-    if weights is not None:
-        raise ValueError("the tiny test backbone has no pretrained weights (recipe.weights: none)")
+    if weights == "imagenet":
+        raise ValueError("the tiny test backbone has no ImageNet weights (recipe.weights: none or a file)")
     inputs = keras.Input(input_shape)
     x = keras.layers.Rescaling(1 / 255.0, name="stem_rescale")(inputs)  # takes 0-255, as the contract says
     for block, (filters, stride) in enumerate([(16, 1), (32, 2), (32, 2), (64, 1)], start=1):
         name = "stem" if block == 1 else f"block{block - 1}"
-        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        last = block == 4
+        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=last, name=f"{name}_conv")(x)
+        if not last:  # the top block's features are not normalised: a rate far too high blows them up
+            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
         x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
-    return keras.Model(inputs, x, name="tiny")
+    model = keras.Model(inputs, x, name="tiny")
+    if weights is not None:  # a weights file it saved: "pretrained", so BatchNormalization stays frozen
+        model.load_weights(weights)
+    return model
 
 
 BACKBONES = (Backbone("Tiny", "tiny", 32, build, memory=MEMORY),)
