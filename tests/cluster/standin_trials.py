@@ -88,7 +88,8 @@ def main(address: str, config_path: str, backbones: list[str], workdir: str, epo
     ledger = Path(workdir, "ledger")
     ledger.mkdir(parents=True, exist_ok=True)
     ray.init(address=address, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent)])}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                 p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)}})
     keep_train_coordinator_on_this_node()  # as hpsearch's driver does before its trials
     trainable = tune.with_resources(
         tune.with_parameters(standin_trial, config=config, ledger=str(ledger), storage=f"{workdir}/train",

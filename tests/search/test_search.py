@@ -72,7 +72,7 @@ def local_ray():
     ray.shutdown()
 
 
-def sampled_sequence(tmp_path, seed, name):
+def sampled_sequence(tmp_path, seed, name, num_trials=6):
     config = Config(
         space=SpaceConfig(
             backbones=("B0", "B1"),
@@ -81,7 +81,7 @@ def sampled_sequence(tmp_path, seed, name):
             warmup_epochs=IntRange(1, 3),
         ),
         search=SearchConfig(
-            name=name, num_trials=8, max_concurrent_trials=1, seed=seed, startup_trials=3, grace_epochs=2
+            name=name, num_trials=num_trials, max_concurrent_trials=1, seed=seed, startup_trials=3, grace_epochs=2
         ),
         storage=StorageConfig(path=str(tmp_path)),
     )
@@ -94,12 +94,15 @@ def sampled_sequence(tmp_path, seed, name):
 
 @pytest.mark.slow
 def test_same_seed_same_sampled_configurations(local_ray, tmp_path):
+    """Six trials: three random startup draws, then three of TPE's, which read the study
+    (so the whole sequence repeats only if the sampler's state does). Another seed
+    differs from its first draw on."""
     first, stopped = sampled_sequence(tmp_path, seed=7, name="a")
     second, _ = sampled_sequence(tmp_path, seed=7, name="b")
-    other, _ = sampled_sequence(tmp_path, seed=8, name="c")
-    assert len(first) == 8 and len(set(first)) == 8
+    other, _ = sampled_sequence(tmp_path, seed=8, name="c", num_trials=1)
+    assert len(first) == 6 and len(set(first)) == 6
     assert first == second
-    assert first != other
+    assert other[0] != first[0]
     assert stopped >= 1  # ASHA stopped weak trials at a rung
 
 
