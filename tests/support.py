@@ -240,3 +240,28 @@ def wait_for(condition, timeout_s: float, what: str, log: Path | None = None) ->
     shown = "" if log is None else "; the log ends:\n" + "\n".join(
         line for line in log.read_text().splitlines() if "took" not in line)[-6000:]
     pytest.fail(f"{what} not seen within {timeout_s} s{shown}")
+
+
+def stop_process_groups(processes, grace_s: float = 5.0) -> None:
+    """SIGTERM each process's group (a `ray start --block` and the Ray it runs), then
+    SIGKILL what is left after ``grace_s``: a Ray node drains for up to 30 s on SIGTERM,
+    and nothing a test started needs draining once the test has its answer."""
+    import os
+    import signal
+    import subprocess
+
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for process in processes:
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # the group's stragglers too
+        except ProcessLookupError:
+            pass
+        process.wait()

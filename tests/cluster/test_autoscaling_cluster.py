@@ -34,7 +34,7 @@ import pytest
 from cluster.autoscaling import autoscaling_config, plan_launch
 from search.config import load_config
 from search.schedulable import trial_placement_groups
-from support import REPO, free_port, scenario_raycluster, wait_for
+from support import REPO, free_port, scenario_raycluster, stop_process_groups, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -97,17 +97,7 @@ def autoscaling_cluster():
         wait_for(lambda: alive_nodes(address, driver_env) == 1, 120, "the head alone")
         yield address, driver_env, Path(temp_dir, "session_latest", "logs", "monitor.log")
     finally:
-        # the fake nodes are the monitor's children, in the head's process group
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)  # what ignored SIGTERM (the monitor drains its nodes)
-        except ProcessLookupError:
-            pass
-        head.wait()
+        stop_process_groups([head])  # the fake nodes are the monitor's children, in the head's group
         shutil.rmtree(temp_dir, ignore_errors=True)
         config_path.unlink(missing_ok=True)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from support import REPO, free_port
+from support import REPO, free_port, stop_process_groups
 
 pytestmark = pytest.mark.slow
 
@@ -88,11 +88,7 @@ def head():
         os.killpg(process.pid, signal.SIGTERM)
         pytest.fail("the Ray dashboard did not come up")
     yield address, env
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_process_groups([process])
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from support import (assert_each_epoch_trained_once, create_bucket, free_port, scenario_raycluster, start_fake_gcs,
-                     wait_for)
+                     stop_process_groups, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -89,14 +89,7 @@ def miniature(tmp_path_factory):
             wait_for(lambda: ray_status_nodes(env, gcs_port) >= replica + 2, 180, f"worker node {replica + 1}")
         yield f"http://127.0.0.1:{dashboard_port}", env, gcs_port
     finally:
-        for process in processes:  # all at once: each node drains for up to 30 s
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_groups(processes)
         server.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

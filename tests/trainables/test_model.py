@@ -65,8 +65,8 @@ def test_model_shape_and_resize():
     assert model.get_layer("head").activation.__name__ == "softmax"
 
 
-def test_phase1_backbone_does_not_change(weights_file):
-    spec = ModelSpec(Hyperparams("B0", dropout=0.2), 10, weights=weights_file, image_size=32)
+def test_phase1_backbone_does_not_change(tiny_weights_file):
+    spec = ModelSpec(Hyperparams("Tiny", dropout=0.2), 10, weights=tiny_weights_file, image_size=32)
     model = build_model(spec)
     set_phase(model, "head", spec)
     backbone_before = snapshot(backbone_of(model))
@@ -99,7 +99,7 @@ def test_phase2_backbone_learns_with_bn_statistics_fixed(weights_file):
 def test_scratch_backbone_trains_its_bn_statistics():
     """With no pretrained weights there is nothing to protect: BN learns its statistics."""
     assert not batchnorm_frozen("none")
-    spec = ModelSpec(Hyperparams("B0", dropout=0.2), 10, weights="none", image_size=32)
+    spec = ModelSpec(Hyperparams("Tiny", dropout=0.2), 10, weights="none", image_size=32)
     assert not spec.freeze_batchnorm
     model = build_model(spec)
     set_phase(model, "finetune", spec)
