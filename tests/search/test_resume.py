@@ -213,8 +213,9 @@ def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, eve
     """Tune's experiment state is saved at every step of its loop (search.run), so the
     resumed search retrains, per trial running at the kill, at most the epoch it had in
     flight (its last in the ledger then) and, when killed while handling an epoch's result,
-    that epoch, and no other; counted in the stand-ins' ledger of every epoch trained. ("start", 3): killed as the third trial starts, while
-    the first two may still train; a trial started just before the kill is kept too.)"""
+    that epoch, and no other; counted in the stand-ins' ledger of every epoch trained.
+    ("start", 3): killed as the third trial starts, while the first two may still train;
+    a trial started just before the kill is kept too.)"""
     code, _ = drive(tmp_path, num_trials=4, concurrent=2, kill=[event, count])
     assert code == -signal.SIGKILL
     started = {trial for trial, _ in ledger(tmp_path)}

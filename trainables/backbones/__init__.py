@@ -22,14 +22,15 @@ from trainables.errors import InputError
 EXTRA_MODULES = "HPSEARCH_BACKBONE_MODULES"
 
 
-def _family_modules() -> list[str]:
-    here = [f"{__name__}.{m.name}" for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
-            if m.name != "base"]
+def _families() -> list:
+    """This package's family modules, then those named in :data:`EXTRA_MODULES`."""
+    here = [importlib.import_module(f"{__name__}.{m.name}")
+            for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name) if m.name != "base"]
     extra = [name.strip() for name in os.environ.get(EXTRA_MODULES, "").split(",") if name.strip()]
-    return here + extra
+    return here + [_import_extra(name) for name in extra]
 
 
-def _import_family(module: str):
+def _import_extra(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as error:
@@ -39,13 +40,14 @@ def _import_family(module: str):
 
 def _discover() -> dict[str, Backbone]:
     found: dict[str, Backbone] = {}
-    for module in _family_modules():
-        declared = getattr(_import_family(module), "BACKBONES", None)
+    for module in _families():
+        declared = getattr(module, "BACKBONES", None)
         if declared is None:
-            raise InputError(f"backbone module {module!r} defines no BACKBONES (a tuple of Backbone)")
+            raise InputError(f"backbone module {module.__name__!r} defines no BACKBONES (a tuple of Backbone)")
         for backbone in declared:
             if backbone.name in found:
-                raise InputError(f"backbone {backbone.name!r} is declared by two families (the second in {module})")
+                raise InputError(f"backbone {backbone.name!r} is declared by two families "
+                                 f"(the second in {module.__name__})")
             found[backbone.name] = backbone
     return found
 
