@@ -1,7 +1,7 @@
-"""Multi-worker trials: one Tune trial runs a Ray Train TensorflowTrainer of N workers.
+"""Multi-worker trials: one Tune trial runs a Ray Train job of N TensorFlow workers.
 
 Tune's trial function holds almost nothing (``DRIVER_CPU``); the workers hold the CPUs
-and GPUs. Ray Train sets TF_CONFIG on every worker, each trains under
+and GPUs. The trainer's backend (search.tf_config) sets TF_CONFIG on every worker, each trains under
 MultiWorkerMirroredStrategy on its own shard, rank 0 writes the checkpoints, and
 ``TuneReportCallback`` forwards rank 0's metrics (with the checkpoint's path) to Tune.
 When ASHA stops the trial, Tune kills the trial actor (within
@@ -156,7 +156,9 @@ def make_trainer(
     callbacks: list | None = None,
     keep_best: tuple[str, str] | None = None,
 ) -> Any:
-    """A TensorflowTrainer for one trial.
+    """A Ray Train trainer of TensorFlow workers for one trial (what Ray's
+    TensorflowTrainer is, with a backend that keeps TensorFlow out of this process and
+    Train's controller: search.tf_config).
 
     The worker group has the shape ``resources`` gives the trial's backbone. A trainer
     made again with the same ``name`` and ``storage_path`` resumes from the latest
@@ -164,10 +166,13 @@ def make_trainer(
     """
     shape = resources.shape_for(spec.hp.backbone)
     import ray.train
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    return TensorflowTrainer(
+    from search.tf_config import TFConfig
+
+    return DataParallelTrainer(
         worker_loop,
+        backend_config=TFConfig(),
         train_loop_config={
             "spec": spec,
             "strategy": shape.strategy,

@@ -244,20 +244,23 @@ def wait_for(condition, timeout_s: float, what: str, log: Path | None = None) ->
 
 def stop_process_groups(processes, grace_s: float = 5.0) -> None:
     """SIGTERM each process's group (a `ray start --block` and the Ray it runs), then
-    SIGKILL what is left after ``grace_s``: a Ray node drains for up to 30 s on SIGTERM,
-    and nothing a test started needs draining once the test has its answer."""
+    SIGKILL what is left once ``grace_s`` has passed for them all: a Ray node drains for
+    up to 30 s on SIGTERM, and nothing a test started needs draining once the test has
+    its answer."""
     import os
     import signal
     import subprocess
+    import time
 
     for process in processes:
         try:
             os.killpg(process.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + grace_s
     for process in processes:
         try:
-            process.wait(timeout=grace_s)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
         try:

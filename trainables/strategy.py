@@ -1,7 +1,7 @@
 """Which tf.distribute strategy a worker trains under, and its numeric precision.
 
 - ``single``: one process, TensorFlow's default strategy (laptops, the offline default).
-- ``mwms``: MultiWorkerMirroredStrategy; Ray Train's TensorflowTrainer sets TF_CONFIG on
+- ``mwms``: MultiWorkerMirroredStrategy; the trial's Ray Train backend sets TF_CONFIG on
   every worker, and each worker reads its own shard.
 - ``tpu``: TPUStrategy on the TPU host this worker holds (``TPUClusterResolver(tpu=
   "local")``), in bfloat16.
@@ -89,7 +89,7 @@ def _default() -> Any:
 def _mwms() -> Any:
     import tensorflow as tf
 
-    # Ray Train's TensorflowTrainer sets TF_CONFIG on every worker before this runs.
+    # The trial's Ray Train backend sets TF_CONFIG on every worker before this runs.
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 

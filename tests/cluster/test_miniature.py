@@ -5,8 +5,10 @@ rayStartParams (no CPUs for trials) and two worker nodes with the worker group's
 (CPUs scaled to fit this 2-core machine), token authentication on, fake-gcs-server as
 the bucket and HPSEARCH_STORAGE set as the chart sets it in every pod. The search is
 submitted with the README's own `ray job submit` line, stopped with `ray job stop`
-mid-search and resubmitted with --resume; the finished experiment is read from outside
-the cluster with `hpsearch ensemble` and `hpsearch report`.
+mid-search and resubmitted with --resume by `hpsearch cluster submit --follow` (then its
+`logs` and `stop`); the finished experiment is read from outside the cluster with
+`hpsearch ensemble` and `hpsearch report`. A submit without the cluster's token is one
+clear line.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ space:
   warmup_epochs: {low: 0, high: 1}
   max_lr: {low: 0.01, high: 0.02, log: true}
 recipe: {weights: none, flip: false, batch_size: 32, head_epochs: 0, flat_epochs: 1, cooldown_epochs: 1}
-search: {name: miniature, num_trials: 4, max_concurrent_trials: 2, seed: 5, grace_epochs: 1}
+search: {name: miniature, num_trials: 3, max_concurrent_trials: 2, seed: 5, grace_epochs: 1}
 resources: {strategy: single, cpus_per_worker: 1}
 """  # no storage.path: HPSEARCH_STORAGE, as the chart sets it, decides
 
@@ -77,20 +79,25 @@ def miniature(tmp_path_factory):
         env=env, stdout=open(f"{temp_dir}-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)]
     # the worker group's pods: 2 CPUs each in the chart, 1 each here (2 cores in all)
     worker_cpus = max(1, int(float(group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])) // 2)
+    # each node a temporary directory of its own, as each pod has its own disk: nodes that
+    # shared one would share Ray's working-directory cache, and a node whose last task of
+    # a job ended would delete the job's files under the other nodes' processes
+    worker_dirs = [tempfile.mkdtemp(prefix="raymw-", dir="/tmp") for _ in range(group["replicas"])]
     try:
         wait_for(lambda: ray_status_nodes(env, gcs_port) >= 1, 120, "the head")
-        for replica in range(group["replicas"]):  # one at a time: each registers before the next starts
+        for replica, worker_dir in enumerate(worker_dirs, start=1):
             processes.append(subprocess.Popen(
                 [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--num-cpus={worker_cpus}",
-                 *start_params(group["rayStartParams"]), *common],
-                env=env, stdout=open(f"{temp_dir}-worker{len(processes)}.log", "w"), stderr=subprocess.STDOUT,
+                 f"--temp-dir={worker_dir}", *start_params(group["rayStartParams"]), *common],
+                env=env, stdout=open(f"{temp_dir}-worker{replica}.log", "w"), stderr=subprocess.STDOUT,
                 start_new_session=True))
-            wait_for(lambda: ray_status_nodes(env, gcs_port) >= replica + 2, 180, f"worker node {replica + 1}")
+        wait_for(lambda: ray_status_nodes(env, gcs_port) >= 1 + len(worker_dirs), 180, "the worker nodes")
         yield f"http://127.0.0.1:{dashboard_port}", env, gcs_port
     finally:
         stop_process_groups(processes)
         server.stop()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for directory in (temp_dir, *worker_dirs):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def ray_status_nodes(env, gcs_port) -> int:
@@ -120,13 +127,19 @@ def gcs_files():
     return location, location.filesystem
 
 
-def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A user's project directory: the packages plus their configs."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("search", "trainables", "cluster", "configs"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "configs" / "miniature.yaml").write_text(CONFIG)
+    return root
+
+
+def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, project, monkeypatch):
     address, env, gcs_port = miniature
     monkeypatch.setenv("HPSEARCH_GCS_ENDPOINT", env["HPSEARCH_GCS_ENDPOINT"])  # this process reads the bucket too
-    project = tmp_path / "project"
-    for name in ("search", "trainables", "cluster", "configs"):
-        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (project / "configs" / "miniature.yaml").write_text(CONFIG)
     line = readme_submit_line().replace("http://localhost:8265", address)
     line = line.replace("configs/cifar10.yaml", "configs/miniature.yaml").replace("ray job submit", "ray job submit --no-wait", 1)
     assert line != readme_submit_line()
@@ -152,17 +165,29 @@ def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_p
         time.sleep(1)
     assert status == "STOPPED", (status, stop.stdout[-1000:], stop.stderr[-1000:])
 
-    # 2. resubmit with --resume: the same line, with the flag after the command
-    resumed = subprocess.run(["bash", "-c", line.replace("--no-wait ", "") + " --resume"], cwd=project, env=env,
-                             capture_output=True, text=True, timeout=900)
+    # 2. resubmit with --resume, through `hpsearch cluster submit --follow` this time:
+    # the job's own output streamed until it ends, then its logs and a stop of the
+    # finished job through `hpsearch cluster`
+    hpsearch = [str(BIN / "hpsearch"), "cluster"]
+    resumed = subprocess.run([*hpsearch, "submit", "--config", "configs/miniature.yaml", "--address", address,
+                              "--follow", "--", "--resume"], cwd=project, env=env, capture_output=True, text=True,
+                             timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
-    assert "best validation accuracy:" in resumed.stdout + resumed.stderr
+    resumed_id = re.search(r"submitted job (\S+)", resumed.stdout).group(1)
+    assert "best validation accuracy:" in resumed.stdout  # the search's own output, streamed
+    assert f"job {resumed_id}: SUCCEEDED" in resumed.stdout
+    logs = subprocess.run([*hpsearch, "logs", resumed_id, "--address", address], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert logs.returncode == 0 and "best validation accuracy:" in logs.stdout
+    stop = subprocess.run([*hpsearch, "stop", resumed_id, "--address", address], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0 and "already finished" in stop.stdout
 
     # 3. what the bucket holds: every trial once, finished, its epochs each once
     location, fs = gcs_files()
     experiment = location.join("miniature")
     rows = pq.read_table(f"{experiment}/trials.parquet", filesystem=fs).to_pylist()
-    assert len(rows) == 4 and all(r["status"] == "TERMINATED" for r in rows), rows
+    assert len(rows) == 3 and all(r["status"] == "TERMINATED" for r in rows), rows
     assert {f"run_trial_{r['trial_id']}" for r in rows} >= finished_before  # nothing lost
     history = pq.read_table(f"{experiment}/history.parquet", filesystem=fs).to_pandas()
     assert_each_epoch_trained_once(history, interruptions=1)  # the stopped driver
@@ -170,7 +195,7 @@ def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_p
         assert fs.get_file_info(f"{row['best_checkpoint']}/model.keras").is_file, row
     checkpoints = [i for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(experiment, recursive=True))
                    if i.base_name == "model.keras"]
-    assert len(checkpoints) >= 4
+    assert len(checkpoints) >= 3
 
     # 4. every trial ran on a worker node, none on the head (Ray's state API, with the token)
     code = (
@@ -187,12 +212,26 @@ def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, tmp_p
     # gone from Ray's state by now): none of them on the head
     assert len(placement["trials"]) >= 2 and not set(placement["trials"]) & set(placement["head"]), placement
 
-    # 5. from outside the cluster: the ensemble and the report straight from the bucket
+    # 5. from outside the cluster: the ensemble and the report straight from the bucket (at once)
     outside = {**os.environ, "HPSEARCH_GCS_ENDPOINT": env["HPSEARCH_GCS_ENDPOINT"]}
-    for command in (["ensemble", f"{BUCKET_PATH}/miniature", "--top-k", "2", "--tta", "2"],
-                    ["report", f"{BUCKET_PATH}/miniature"]):
-        done = subprocess.run([sys.executable, "-m", "search", *command], env=outside, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+    readers = [subprocess.Popen([sys.executable, "-m", "search", *command], env=outside, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+               for command in (["ensemble", f"{BUCKET_PATH}/miniature", "--top-k", "2", "--tta", "2"],
+                               ["report", f"{BUCKET_PATH}/miniature"])]
+    for reader in readers:
+        _, stderr = reader.communicate(timeout=600)
+        assert reader.returncode == 0, stderr[-3000:]
     assert fs.get_file_info(f"{experiment}/report/index.html").is_file
     assert fs.get_file_info(f"{experiment}/ensemble/ensemble.keras").is_file
+
+
+def test_missing_token_is_one_clear_line(miniature, project):
+    address, env, _ = miniature
+    no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    no_token["HOME"] = str(project)  # and no ~/.ray/auth_token to fall back on
+    done = subprocess.run([str(BIN / "hpsearch"), "cluster", "submit", "--config", "configs/miniature.yaml",
+                           "--address", address], cwd=project, env=no_token, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "token" in done.stderr and "RAY_AUTH_TOKEN" in done.stderr
+    assert "Traceback" not in done.stderr

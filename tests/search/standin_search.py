@@ -9,7 +9,8 @@ ARGS_JSON: {"storage", "num_trials", "concurrent", "curve" (values per epoch, or
 for values from the sampled max_lr), "kill": [event, count] or null, "resume": bool,
 "ledger": a file each trained epoch is appended to (trial id, epoch, the Ray node), "fail": {"trial" (its index from 1),
 "epoch", "message"} or null: that trial raises OSError(message) at that epoch, every
-time}. ``kill`` SIGKILLs the driver's
+time, "address": a running Ray to join, or null for a local Ray of the driver's own}.
+``kill`` SIGKILLs the driver's
 process group (the driver and the local Ray it started) at the count-th ``start``,
 ``result`` or ``complete`` event Tune's callbacks see, before Tune's next experiment snapshot,
 first writing the event's trial id and epoch (null unless a result) to ``<ledger>.killed``.
@@ -109,7 +110,11 @@ def main() -> None:
     config = config_for(args)
     location = resolve(config.storage.path)
     trainable = make_standin(args["curve"], args["ledger"], args.get("fail"))
-    ray.init(num_cpus=2, logging_level="ERROR", _node_ip_address="127.0.0.1", include_dashboard=False)
+    if args.get("address"):
+        ray.init(address=args["address"], logging_level="ERROR")
+    else:  # "local": a new Ray, never one an address file names
+        ray.init(address="local", num_cpus=2, logging_level="ERROR", _node_ip_address="127.0.0.1",
+                 include_dashboard=False)
     try:
         if args["resume"]:  # what `hpsearch run --resume` does
             steps = rounds.next_steps(rounds.read(location, config.search.name), config.search.num_trials)

@@ -1,10 +1,11 @@
-"""The search driver killed mid-search, then sent SIGTERM, and ``hpsearch run --resume``
-finishing it from storage on a GCS emulator: no finished trial lost or run again, the
-configured number of trials in the end, the tables a search writes, and a resume with a
-changed config refused.
+"""The search driver sent SIGTERM mid-search, a second driver refused while it runs, and
+``hpsearch run --resume`` finishing it from storage on a GCS emulator: no finished trial
+lost or run again, the configured number of trials in the end, the tables a search
+writes, and a resume with a changed config refused.
 
-(Stand-in trials killed at chosen points are in test_resume.py; a worker killed
-mid-trial is in test_distributed.py.)"""
+(Stand-in drivers SIGKILLed at chosen points are in test_resume.py, a killed driver's
+lease on the GCS emulator taken over in test_lease.py, a worker killed mid-trial in
+test_distributed.py, a job stopped on a cluster in tests/cluster/test_miniature.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import optuna
 import pyarrow.csv as pacsv
@@ -56,43 +56,29 @@ def run_until(command: list[str], condition, timeout_s: float = 900) -> tuple[su
     return driver, lines
 
 
-def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_path, fake_gcs):
+def test_a_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_path, fake_gcs):
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps({
         "data": {"dataset": "digits", "image_size": 32},
         "space": {"backbones": ["Tiny"]},
         "recipe": {"weights": "none", "flip": False},
         "search": {"name": "resumed", "seed": 3, "max_concurrent_trials": 1},
-        # a killed driver's lease goes stale after 5 s here (120 s by default)
-        "storage": {"path": "gs://hpsearch-test/experiments", "lease_timeout_s": 5},
+        "storage": {"path": "gs://hpsearch-test/experiments"},
     }))
     # --smoke-test: 2 trials of 2-3 tiny epochs (one at a time, as configured)
     command = [sys.executable, "-m", "search", "run", "--config", str(config), "--smoke-test"]
-    # SIGKILL: the driver and the local Ray it started die together, right after a trial ends
+    # the driver runs until its first trial has finished
     driver, lines = run_until(command, finished_trials)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
     finished_before = finished_trials(lines)
     assert len(finished_before) == 1, "\n".join(lines[-40:])
-
-    # its lease on the experiment outlives it: a --resume at once is refused (the
-    # killed driver might be alive elsewhere), naming it; once the lease has gone
-    # storage.lease_timeout_s unrenewed, --resume takes the search over, saying so
-    refused = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2, refused.stderr[-3000:]
-    assert f"is being run by another driver (pid {driver.pid} on " in refused.stderr
-    time.sleep(6)
-
-    # SIGTERM (what Kubernetes sends a stopped RayJob) to the resumed driver once the
-    # second trial has started: Tune's graceful stop, one line, exit 143
-    driver, lines = run_until([*command, "--resume"], lambda lines: started_trials(lines) >= 1)
-    assert any("took over the search's lease from a driver that stopped renewing it" in line for line in lines)
     # a second driver while this one runs (a retried ray job submit): refused before
     # Ray starts, naming the one that runs; the tables below hold that one's trials only
     second = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert second.returncode == 2, second.stderr[-3000:]
     assert f"is being run by another driver (pid {driver.pid} on " in second.stderr
     assert "Traceback" not in second.stderr and "Started a local Ray instance" not in second.stderr
+    # SIGTERM (what Kubernetes sends a stopped RayJob, `ray job stop` first): Tune's
+    # graceful stop, one line, exit 143, the lease released
     driver.send_signal(signal.SIGTERM)
     try:
         rest, _ = driver.communicate(timeout=300)
@@ -125,7 +111,7 @@ def test_killed_and_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_tr
         assert fs.get_file_info(f"{row['best_checkpoint']}/model.keras").is_file
     history = pq.read_table(f"{experiment}/history.parquet", filesystem=fs).to_pandas()
     assert set(history["trial_id"]) == {row["trial_id"] for row in table}
-    assert_each_epoch_trained_once(history, interruptions=2)  # the SIGKILL and the SIGTERM
+    assert_each_epoch_trained_once(history, interruptions=1)  # the SIGTERM
     with fs.open_input_stream(f"{experiment}/best_config.json") as handle:
         best = json.loads(handle.read())
     assert best["best_val_accuracy"] == max(row["best_val_accuracy"] for row in table)

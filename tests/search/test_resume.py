@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -26,6 +27,10 @@ from search.config import changed_fields, resume_refusals
 from search.rounds import Round, Steps, next_steps
 
 DRIVER = Path(__file__).with_name("standin_search.py")
+# The drivers and the shared head agree on no token authentication (unset, a process
+# that ran ray.init() before, as this one may have, carries RAY_AUTH_MODE=token, and a
+# head without tokens cannot start that driver's actors).
+DRIVER_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 EPOCHS = 3  # standin_search.EPOCHS
 
 
@@ -62,13 +67,52 @@ def test_changed_fields_name_every_difference_and_only_those():
 # -- stand-in searches ------------------------------------------------------------------
 
 
-def drive(tmp_path: Path, *, num_trials: int, concurrent: int = 1, curve=None, kill=None, resume=False, fail=None) -> tuple[int, dict | None]:
-    """Run the stand-in driver in a session of its own; returns its exit code and result
-    (with the driver's output under ``log``)."""
+@pytest.fixture(scope="module")
+def shared_ray():
+    """A Ray head (2 CPUs) for the drivers that are not killed, which join it instead of
+    starting a Ray each; a driver that is killed starts its own, which dies with it (the
+    test's ledger tells the two Rays apart). Yields its address; stopped by its process
+    group."""
+    from support import free_port, stop_process_groups, wait_for
+
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayrs-", dir="/tmp")  # short: Ray's socket paths must fit
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=2", f"--port={port}",
+         "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        env=DRIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_for(lambda: head.poll() is not None or gcs_answers(address), 120, f"the Ray head at {address}")
+        assert head.poll() is None, "ray start --head exited"
+        yield address
+    finally:
+        stop_process_groups([head])
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def gcs_answers(address: str) -> bool:
+    import socket
+
+    host, port = address.split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def drive(tmp_path: Path, *, num_trials: int, concurrent: int = 1, curve=None, kill=None, resume=False, fail=None,
+          address: str | None = None) -> tuple[int, dict | None]:
+    """Run the stand-in driver in a session of its own, on the Ray at ``address`` or on a
+    local Ray of its own; returns its exit code and result (with the driver's output under
+    ``log``)."""
+    assert not (kill and address), "a killed driver takes its own Ray with it"
     args = {"storage": str(tmp_path / "experiments"), "num_trials": num_trials, "concurrent": concurrent,
             "curve": curve, "kill": kill, "resume": resume, "ledger": str(tmp_path / "ledger"),
-            "fail": fail}
-    driver = subprocess.Popen([sys.executable, str(DRIVER), json.dumps(args)], stdout=subprocess.PIPE,
+            "fail": fail, "address": address}
+    driver = subprocess.Popen([sys.executable, str(DRIVER), json.dumps(args)], env=DRIVER_ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = driver.communicate(timeout=300)
@@ -136,7 +180,7 @@ def check_whole(result: dict, num_trials: int, may_repeat: set[tuple[str, int]] 
 
 
 @pytest.mark.slow
-def test_a_trial_finished_just_before_the_driver_died_stays_finished(tmp_path):
+def test_a_trial_finished_just_before_the_driver_died_stays_finished(tmp_path, shared_ray):
     """Validation 0.5, 0.3, 0.6: the middle epoch is the worst. A retention ranked by
     score deletes its checkpoint when epoch 3 arrives, though Tune's snapshot may name it
     as the trial's latest; the resumed trial then cannot restore and ends in ERROR. Kept
@@ -145,7 +189,7 @@ def test_a_trial_finished_just_before_the_driver_died_stays_finished(tmp_path):
     assert code == -signal.SIGKILL
     (trial_id,) = {trial for trial, _ in ledger(tmp_path)}
 
-    code, result = drive(tmp_path, num_trials=1, curve=[0.5, 0.3, 0.6], resume=True)
+    code, result = drive(tmp_path, num_trials=1, curve=[0.5, 0.3, 0.6], resume=True, address=shared_ray)
     assert code == 0, result
     before = first_run(tmp_path)
     assert before == [(trial_id, 1), (trial_id, 2), (trial_id, 3)]
@@ -158,12 +202,12 @@ def test_a_trial_finished_just_before_the_driver_died_stays_finished(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_trial_that_keeps_failing_ends_in_error_and_the_search_says_so(tmp_path):
+def test_a_trial_that_keeps_failing_ends_in_error_and_the_search_says_so(tmp_path, shared_ray):
     """A write that fails mid-trial (storage full): Tune retries the trial from its last
     checkpoint (FailureConfig max_failures=2), then records it ERROR; the other trials
     finish, every table is written, and `hpsearch run` exits 3 naming the trial."""
     fail = {"trial": 1, "epoch": 2, "message": "[Errno 28] No space left on device"}
-    code, result = drive(tmp_path, num_trials=3, fail=fail)
+    code, result = drive(tmp_path, num_trials=3, fail=fail, address=shared_ray)
     assert code == 0, result["log"][-3000:]
     assert result["exit_code"] == 3
     failed = [t for t in result["trials"] if t["status"] == "ERROR"]
@@ -180,7 +224,7 @@ def test_a_trial_that_keeps_failing_ends_in_error_and_the_search_says_so(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_trial_whose_checkpoints_were_deleted_ends_in_error_and_the_rest_finish(tmp_path):
+def test_a_trial_whose_checkpoints_were_deleted_ends_in_error_and_the_rest_finish(tmp_path, shared_ray):
     """Checkpoints deleted while the driver was down: the trial cannot be restored, and
     says why; the search still reaches its other trials and exits 3."""
     code, _ = drive(tmp_path, num_trials=2, kill=["result", 2])
@@ -191,7 +235,7 @@ def test_a_trial_whose_checkpoints_were_deleted_ends_in_error_and_the_rest_finis
     for checkpoint in checkpoints:
         shutil.rmtree(checkpoint)
 
-    code, result = drive(tmp_path, num_trials=2, resume=True)
+    code, result = drive(tmp_path, num_trials=2, resume=True, address=shared_ray)
     assert code == 0 and result["exit_code"] == 3, result["log"][-3000:]
     statuses = {t["trial_id"]: t["status"] for t in result["trials"]}
     gone = trial_dir.name.split("_")[1]
@@ -209,7 +253,7 @@ def kill_points(seed: int, count: int) -> list[tuple[str, int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("event,count", [*kill_points(seed=14, count=1), ("start", 3)])
-def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, event, count):
+def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, shared_ray, event, count):
     """Tune's experiment state is saved at every step of its loop (search.run), so the
     resumed search retrains, per trial running at the kill, at most the epoch it had in
     flight (its last in the ledger then) and, when killed while handling an epoch's result,
@@ -221,7 +265,7 @@ def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, eve
     started = {trial for trial, _ in ledger(tmp_path)}
     assert started
 
-    code, result = drive(tmp_path, num_trials=4, concurrent=2, resume=True)
+    code, result = drive(tmp_path, num_trials=4, concurrent=2, resume=True, address=shared_ray)
     assert code == 0, result
     before = first_run(tmp_path)
     may_repeat = in_flight(before) | killed_result(tmp_path)
@@ -240,12 +284,12 @@ def get_json(url: str) -> dict:
 
 
 @pytest.mark.slow
-def test_continuation_adds_trials_to_a_finished_search_over_the_same_study(tmp_path):
-    code, first = drive(tmp_path, num_trials=2, concurrent=2)
+def test_continuation_adds_trials_to_a_finished_search_over_the_same_study(tmp_path, shared_ray):
+    code, first = drive(tmp_path, num_trials=2, concurrent=2, address=shared_ray)
     assert code == 0, first
     check_whole(first, 2)
 
-    code, result = drive(tmp_path, num_trials=4, concurrent=2, resume=True)  # search.num_trials: 2 -> 4
+    code, result = drive(tmp_path, num_trials=4, concurrent=2, resume=True, address=shared_ray)  # search.num_trials: 2 -> 4
     assert code == 0, result
     check_whole(result, 4)
     assert {t["trial_id"] for t in first["trials"]} < {t["trial_id"] for t in result["trials"]}

@@ -1,4 +1,5 @@
-"""The Tuner wiring: seeded TPE sampling, ASHA on epochs, the tables a search writes."""
+"""The Tuner wiring: seeded TPE sampling, ASHA on epochs, per-backbone trial shapes on a real
+(local) Ray, the tables a search writes."""
 
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def local_ray():
     tests = f"{here}:{here.parent}"  # this module (its trial functions) and support.py
     ray.init(
         num_cpus=2,
+        num_gpus=1,  # a logical one, standing in for an accelerator (test_each_backbone_runs_with_its_own_resources)
         logging_level="ERROR",
         runtime_env={"env_vars": {"PYTHONPATH": tests}},
         _node_ip_address="127.0.0.1",
@@ -72,7 +74,7 @@ def local_ray():
     ray.shutdown()
 
 
-def sampled_sequence(tmp_path, seed, name, num_trials=6):
+def sampled_sequence(tmp_path, seed, name, num_trials=4):
     config = Config(
         space=SpaceConfig(
             backbones=("B0", "B1"),
@@ -81,7 +83,7 @@ def sampled_sequence(tmp_path, seed, name, num_trials=6):
             warmup_epochs=IntRange(1, 3),
         ),
         search=SearchConfig(
-            name=name, num_trials=num_trials, max_concurrent_trials=1, seed=seed, startup_trials=3, grace_epochs=2
+            name=name, num_trials=num_trials, max_concurrent_trials=1, seed=seed, startup_trials=2, grace_epochs=2
         ),
         storage=StorageConfig(path=str(tmp_path)),
     )
@@ -94,37 +96,74 @@ def sampled_sequence(tmp_path, seed, name, num_trials=6):
 
 @pytest.mark.slow
 def test_same_seed_same_sampled_configurations(local_ray, tmp_path):
-    """Six trials: three random startup draws, then three of TPE's, which read the study
+    """Four trials: two random startup draws, then two of TPE's, which read the study
     (so the whole sequence repeats only if the sampler's state does). Another seed
     differs from its first draw on."""
     first, stopped = sampled_sequence(tmp_path, seed=7, name="a")
     second, _ = sampled_sequence(tmp_path, seed=7, name="b")
     other, _ = sampled_sequence(tmp_path, seed=8, name="c", num_trials=1)
-    assert len(first) == 6 and len(set(first)) == 6
+    assert len(first) == 4 and len(set(first)) == 4
     assert first == second
     assert other[0] != first[0]
     assert stopped >= 1  # ASHA stopped weak trials at a rung
 
 
-IMPOSSIBLE = {
-    "gpus where none exist": ("{gpus_per_worker: 1, gpu_type: nvidia-l4}", "a trial needs 1 GPUs"),
-    "tpu with no TPU": ("{strategy: tpu, tpu_chips_per_worker: 4}", "a trial needs 4 TPU chips"),
-    "more workers than CPUs": ("{strategy: mwms, workers: 4, cpus_per_worker: 1}", "a trial needs 4.01 CPUs"),
-}
+class ResourcesSeen(tune.Callback):
+    """Reads each trial's resources back from Tune's own Trial objects."""
+
+    def __init__(self):
+        self.by_trial = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.by_trial[trial.trial_id] = (trial.config["backbone"], trial.placement_group_factory.required_resources)
+
+
+def report_assigned_resources(config):
+    """Stand-in trial: reports the resources Ray assigned to this trial's process."""
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    tune.report({"epoch": 1, "val_accuracy": 0.5, "gpus": assigned.get("GPU", 0.0), "cpus": assigned.get("CPU", 0.0)})
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("resources", "message"), IMPOSSIBLE.values(), ids=IMPOSSIBLE.keys())
-def test_impossible_resources_fail_within_seconds(tmp_path, resources, message):
+def test_each_backbone_runs_with_its_own_resources(local_ray, tmp_path):
+    """B1's trials hold the GPU its shape asks for (a GPU the local Ray declares, standing
+    in for an accelerator); B0's hold CPUs only, read back from Tune's trials."""
+    from search.config import ResourcesConfig, ShapeOverride
+    from search.run import trial_resources
+
+    config = Config(
+        space=SpaceConfig(backbones=("B0", "B1"), warmup_epochs=IntRange(1, 1)),
+        search=SearchConfig(name="shapes", num_trials=6, max_concurrent_trials=2, seed=2, startup_trials=6,
+                            grace_epochs=1),
+        resources=ResourcesConfig(cpus_per_worker=1.0,
+                                  backbones={"B1": ShapeOverride(cpus_per_worker=0.5, gpus_per_worker=1.0)}),
+        storage=StorageConfig(path=str(tmp_path)),
+    )
+    seen = ResourcesSeen()
+    trainable = tune.with_resources(report_assigned_resources, trial_resources(config))
+    grid = build_tuner(config, resolve(config.storage.path), trainable=trainable, callbacks=[seen]).fit()
+    shapes = {backbone: resources for backbone, resources in seen.by_trial.values()}
+    assert shapes == {"B0": {"CPU": 1.0}, "B1": {"CPU": 0.5, "GPU": 1.0}}, seen.by_trial
+    for result in grid:  # and Ray gave each trial's process what Tune asked for
+        expected_gpus = 1.0 if result.config["backbone"] == "B1" else 0.0
+        assert result.metrics["gpus"] == expected_gpus
+
+
+@pytest.mark.slow
+def test_impossible_resources_fail_within_seconds(tmp_path):
+    """A shape this machine's Ray cannot hold (a GPU where there is none) ends the search
+    at start-up, exit 2, naming the backbones and what a trial needs: the preflight wired
+    into `hpsearch run` against a live Ray. (Each kind of shortfall, GPUs, TPU chips,
+    CPUs, one node: tests/search/test_resources.py.)"""
     import time
 
     config_file = tmp_path / "config.yaml"
-    config_file.write_text(f"resources: {resources}\nstorage: {{path: {tmp_path}}}\n")
+    config_file.write_text(f"resources: {{gpus_per_worker: 1, gpu_type: nvidia-l4}}\nstorage: {{path: {tmp_path}}}\n")
     started = time.time()
     done = subprocess.run([sys.executable, "-m", "search", "run", "--config", str(config_file)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     # the default space: every backbone shares the default shape, and is named
-    assert f"resources: B0, B1, B2, B3, B4, B5, B6, B7: {message}" in done.stderr, done.stderr[-2000:]
+    assert "resources: B0, B1, B2, B3, B4, B5, B6, B7: a trial needs 1 GPUs" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert time.time() - started < 120  # Ray's start-up, not a scheduling timeout

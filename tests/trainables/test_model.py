@@ -76,9 +76,9 @@ def test_phase1_backbone_does_not_change(tiny_weights_file):
     assert not all(np.array_equal(a, b) for a, b in zip(head_before, snapshot(model.get_layer("head"))))
 
 
-def test_phase2_backbone_learns_with_bn_statistics_fixed(weights_file):
-    assert batchnorm_frozen(weights_file)
-    spec = ModelSpec(Hyperparams("B0", dropout=0.2), 10, weights=weights_file, image_size=32)
+def test_phase2_backbone_learns_with_bn_statistics_fixed(tiny_weights_file):
+    assert batchnorm_frozen(tiny_weights_file)
+    spec = ModelSpec(Hyperparams("Tiny", dropout=0.2), 10, weights=tiny_weights_file, image_size=32)
     assert spec.freeze_batchnorm
     model = build_model(spec)
     set_phase(model, "finetune", spec)
@@ -87,11 +87,9 @@ def test_phase2_backbone_learns_with_bn_statistics_fixed(weights_file):
     stats_before = bn_statistics(model)
     one_step(model)
     changed = [not np.array_equal(a, l.kernel.numpy()) for a, l in zip(kernels_before, kernels)]
-    # Most kernels move after one step (some get no gradient at this random stand-in's
-    # 0/1 statistics); the first and last convolutions always do.
-    assert sum(changed) > len(kernels) / 2 and changed[0] and changed[-1]
+    assert changed == [True] * 4  # every convolution trains
     stats_after = bn_statistics(model)
-    assert len(stats_before) == 49
+    assert len(stats_before) == 3
     for (m0, v0), (m1, v1) in zip(stats_before, stats_after):
         assert np.array_equal(m0, m1) and np.array_equal(v0, v1)
 
