@@ -131,6 +131,22 @@ def _stop_this_search(new_holder: Holder | None) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+# A driver writes its record right after it takes the lock: a second driver refused in
+# between finds the file empty, and waits this long for the record to name the holder.
+RECORD_WAIT_S = 2.0
+
+
+def _holder_record(fd: int) -> Holder | None:
+    """The holder's record in a locked lease file, once it is there (None after
+    :data:`RECORD_WAIT_S`: the holder is then named as "another driver")."""
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while True:
+        holder = Holder.decode(os.pread(fd, 65536, 0))
+        if holder is not None or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.05)
+
+
 class LocalLease:
     """``flock`` on a file in the experiment directory."""
 
@@ -146,7 +162,7 @@ class LocalLease:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = Holder.decode(os.pread(fd, 65536, 0))
+            holder = _holder_record(fd)
             os.close(fd)
             raise _refusal(self.experiment, holder) from None
         previous = Holder.decode(os.pread(fd, 65536, 0))

@@ -174,3 +174,25 @@ def test_a_stopped_holder_steps_down_for_resume_at_once(fake_gcs, tmp_path):
         wait_held(resumed)
         _, err = resumed.communicate(timeout=60)
         assert resumed.returncode == 0 and "took over the search's lease from a driver that was stopped" in err
+
+
+def test_a_driver_refused_before_the_holder_wrote_its_record_still_names_it(tmp_path):
+    """The holder takes the lock, then writes its record: a driver refused in between
+    waits for the record (search.lease.RECORD_WAIT_S) rather than name "another driver"."""
+    import fcntl
+    import threading
+
+    from search.lease import LocalLease, this_driver
+
+    path = tmp_path / LEASE_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, the file still empty
+    writer = threading.Timer(0.3, lambda: os.pwrite(fd, this_driver().encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(LeaseHeld, match=f"another driver \\(pid {os.getpid()} on "):
+            LocalLease(resolve(str(tmp_path)), str(path), "exp").acquire(takeover=False, timeout_s=120,
+                                                                         on_lost=lambda *_: None)
+    finally:
+        writer.join()
+        os.close(fd)
