@@ -73,7 +73,8 @@ def shared_ray():
     starting a Ray each; a driver that is killed starts its own, which dies with it (the
     test's ledger tells the two Rays apart). Yields its address; stopped by its process
     group."""
-    from support import free_port, stop_process_groups, wait_for
+    from search.connect import wait_for_gcs
+    from support import free_port, stop_process_groups
 
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayrs-", dir="/tmp")  # short: Ray's socket paths must fit
@@ -84,23 +85,12 @@ def shared_ray():
         env=DRIVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
-        wait_for(lambda: head.poll() is not None or gcs_answers(address), 120, f"the Ray head at {address}")
+        wait_for_gcs(address, wait_s=120)
         assert head.poll() is None, "ray start --head exited"
         yield address
     finally:
         stop_process_groups([head])
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def gcs_answers(address: str) -> bool:
-    import socket
-
-    host, port = address.split(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def drive(tmp_path: Path, *, num_trials: int, concurrent: int = 1, curve=None, kill=None, resume=False, fail=None,
