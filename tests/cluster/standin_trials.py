@@ -52,13 +52,15 @@ def standin_worker(config: dict) -> None:
             ray.train.report({"epoch": epoch}, checkpoint=saved)
 
 
-def standin_trial(sampled: dict, *, config: Config, ledger: str, storage: str, epochs: int, epoch_s: float) -> None:
+def standin_trial(sampled: dict, *, config: Config, ledger: str, storage: str,
+                  lengths: dict[str, tuple[int, float]]) -> None:
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from search.distributed import failure_config, placement_wait
 
     trial = sampled["backbone"]
+    epochs, epoch_s = lengths[trial]
     _record(ledger, f"{trial}-trial")
     shape = config.resources.shape_for(trial)
     if strategies.get(shape.strategy).distributed:
@@ -74,10 +76,10 @@ def standin_trial(sampled: dict, *, config: Config, ledger: str, storage: str, e
     tune.report({"epoch": epochs})
 
 
-def main(address: str, config_path: str, backbones: list[str], workdir: str, epochs: int = 1,
-         epoch_s: float = 0.0) -> None:
+def main(address: str, config_path: str, trials: list[str], workdir: str) -> None:
     """The search's driver: one stand-in trial per backbone, at once, with Tune's
-    per-trial resources from ``trial_resources``; prints each trial's status."""
+    per-trial resources from ``trial_resources``; prints each trial's status. A trial is
+    ``BACKBONE`` (one epoch of no time) or ``BACKBONE:EPOCHS:EPOCH_S``."""
     import ray
 
     from search.config import load_config
@@ -91,14 +93,16 @@ def main(address: str, config_path: str, backbones: list[str], workdir: str, epo
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                  p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)}})
     keep_train_coordinator_on_this_node()  # as hpsearch's driver does before its trials
+    lengths = {name: (int(epochs), float(epoch_s)) for name, epochs, epoch_s in
+               ((trial.split(":") + ["1", "0"])[:3] for trial in trials)}
     trainable = tune.with_resources(
         tune.with_parameters(standin_trial, config=config, ledger=str(ledger), storage=f"{workdir}/train",
-                             epochs=epochs, epoch_s=epoch_s),
+                             lengths=lengths),
         trial_resources(config))
     grid = tune.Tuner(
         trainable,
-        param_space={"backbone": tune.grid_search(backbones)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=len(backbones)),
+        param_space={"backbone": tune.grid_search(list(lengths))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=len(lengths)),
         run_config=tune.RunConfig(name="standins", storage_path=f"{workdir}/tune", verbose=0),
     ).fit()
     print("finished:", json.dumps({r.config["backbone"]: (r.error is None) for r in grid}))
@@ -107,5 +111,4 @@ def main(address: str, config_path: str, backbones: list[str], workdir: str, epo
 if __name__ == "__main__":
     import sys
 
-    main(sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4], *([int(sys.argv[5]), float(sys.argv[6])]
-                                                                        if len(sys.argv) > 5 else []))
+    main(sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4])

@@ -201,8 +201,10 @@ def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, proje
     code = (
         "import json, ray; from ray.util.state import list_actors, list_nodes\n"
         f"ray.init(address='127.0.0.1:{gcs_port}', logging_level='ERROR')\n"
-        "head = {n.node_id for n in list_nodes() if n.is_head_node}\n"
-        "trials = [a.node_id for a in list_actors(filters=[('class_name', '=', 'ImplicitFunc')], limit=1000)]\n"
+        f"address = '127.0.0.1:{gcs_port}'\n"  # named: Ray's own guess refuses when another Ray runs here
+        "head = {n.node_id for n in list_nodes(address=address) if n.is_head_node}\n"
+        "trials = [a.node_id for a in list_actors(address=address, filters=[('class_name', '=', 'ImplicitFunc')],"
+        " limit=1000)]\n"
         "print(json.dumps({'head': sorted(head), 'trials': trials}))"
     )
     placed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -73,7 +73,9 @@ def kill_one_worker_after_first_report(killed: dict) -> None:
 
     if not FIRST_REPORT.wait(timeout=600):
         return
-    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name == "RayTrainWorker"]
+    # this Ray's address, named: with another Ray on the machine, Ray's own guess refuses
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+    workers = [a for a in alive if a.class_name == "RayTrainWorker"]
     if workers:
         killed["pid"] = workers[-1].pid
         os.kill(killed["pid"], signal.SIGKILL)
