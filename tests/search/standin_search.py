@@ -7,11 +7,11 @@ scheduler and study (search.run).
 
 ARGS_JSON: {"storage", "num_trials", "concurrent", "curve" (values per epoch, or null
 for values from the sampled max_lr), "kill": [event, count] or null, "resume": bool,
-"ledger": a file each trained epoch is appended to (trial id, epoch, the Ray node), "fail": {"trial" (its index from 1),
+"ledger": a file each trained epoch is appended to (trial id, epoch, the driver's Ray job), "fail": {"trial" (its index from 1),
 "epoch", "message"} or null: that trial raises OSError(message) at that epoch, every
 time, "address": a running Ray to join, or null for a local Ray of the driver's own}.
 ``kill`` SIGKILLs the driver's
-process group (the driver and the local Ray it started) at the count-th ``start``,
+process group (the driver, and the local Ray it started, if any) at the count-th ``start``,
 ``result`` or ``complete`` event Tune's callbacks see, before Tune's next experiment snapshot,
 first writing the event's trial id and epoch (null unless a result) to ``<ledger>.killed``.
 A run that is not killed prints the search's trials as JSON.
@@ -67,8 +67,8 @@ def make_standin(curve: list[float] | None, ledger: str, fail: dict | None = Non
             if fail and fail["trial"] == index and fail["epoch"] == epoch:
                 raise OSError(fail["message"])
             value = curve[epoch - 1] if curve else min(0.99, config["max_lr"] + 0.1 * epoch)
-            with open(ledger, "a") as out:  # the node tells the drivers' Rays apart
-                out.write(f"{trial_id} {epoch} {ray.get_runtime_context().get_node_id()}\n")
+            with open(ledger, "a") as out:  # the job tells the drivers apart
+                out.write(f"{trial_id} {epoch} {ray.get_runtime_context().get_job_id()}\n")
             with tempfile.TemporaryDirectory() as directory:
                 Path(directory, "state.json").write_text(json.dumps({"epoch": epoch}))
                 tune.report({"epoch": epoch, "planned_epochs": EPOCHS, METRIC: value}, checkpoint=tune.Checkpoint.from_directory(directory))
