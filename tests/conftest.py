@@ -39,3 +39,11 @@ def fake_gcs(tmp_path_factory):
         create_bucket(endpoint, "hpsearch-test")
         yield endpoint
     server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first, each module's tests kept together and in order: the
+    two test processes (pytest-xdist, whole modules each) then end together instead of one
+    starting a long module while the other has finished."""
+    has_slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in has_slow)  # stable: the order within each part stays
