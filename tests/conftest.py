@@ -12,7 +12,8 @@ from pathlib import Path
 # The tiny test backbone ("Tiny", tests/tiny_backbone.py), registered as a user registers a
 # family of their own, for this process and every one it starts: set before anything
 # imports trainables.backbones, which reads the registry once.
-_TESTS = str(Path(__file__).resolve().parent)
+TESTS_DIR = Path(__file__).resolve().parent
+_TESTS = str(TESTS_DIR)
 os.environ["HPSEARCH_BACKBONE_MODULES"] = "tiny_backbone"
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
 
@@ -41,9 +42,20 @@ def fake_gcs(tmp_path_factory):
     server.stop()
 
 
+# The modules whose Ray clusters run trainings on every core (several nodes, or two
+# TensorFlow workers): one test process runs them one after the other, so that a Ray
+# starting in the other process is not starved (a raylet that has not registered within
+# Ray's fixed 30 s fails its node's start).
+HEAVY = ("cluster/test_autoscaling_cluster.py", "cluster/test_miniature.py", "search/test_distributed.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Modules with slow tests first, each module's tests kept together and in order: the
     two test processes (pytest-xdist, whole modules each) then end together instead of one
-    starting a long module while the other has finished."""
+    starting a long module while the other has finished. The HEAVY modules are one group
+    (one process); every other module is a group of its own."""
     has_slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in has_slow)  # stable: the order within each part stays
+    for item in items:
+        relative = item.path.relative_to(TESTS_DIR).as_posix()
+        item.add_marker(pytest.mark.xdist_group("heavy" if relative in HEAVY else relative))

@@ -92,7 +92,9 @@ def miniature(tmp_path_factory):
                 env=env, stdout=open(f"{temp_dir}-worker{replica}.log", "w"), stderr=subprocess.STDOUT,
                 start_new_session=True))
         wait_for(lambda: ray_status_nodes(env, gcs_port) >= 1 + len(worker_dirs), 180, "the worker nodes")
-        yield f"http://127.0.0.1:{dashboard_port}", env, gcs_port
+        address = f"http://127.0.0.1:{dashboard_port}"
+        wait_for_job_server(address, env)
+        yield address, env, gcs_port
     finally:
         stop_process_groups(processes)
         server.stop()
@@ -105,6 +107,27 @@ def ray_status_nodes(env, gcs_port) -> int:
             "print(sum(n['Alive'] for n in ray.nodes()))" % gcs_port)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else 0
+
+
+def wait_for_job_server(address: str, env: dict, wait_s: int = 120) -> None:
+    """Wait until Ray's job server takes a job: it refuses one ("No available agent to
+    submit job, please try again later") until the head's agent has registered, which
+    on a busy machine comes after the nodes are up. A job that does nothing is submitted
+    until it is taken, for at most ``wait_s``."""
+    code = (
+        "import time\n"
+        "from ray.job_submission import JobSubmissionClient\n"
+        f"client, deadline = JobSubmissionClient({address!r}), time.monotonic() + {wait_s}\n"
+        "while True:\n"
+        "    try:\n"
+        "        print('taken:', client.submit_job(entrypoint='true'))\n"
+        "        break\n"
+        "    except RuntimeError as exc:\n"
+        "        if 'No available agent' not in str(exc) or time.monotonic() > deadline:\n"
+        "            raise\n"
+        "        time.sleep(1)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=wait_s + 60)
+    assert done.returncode == 0 and "taken:" in done.stdout, f"the job server within {wait_s} s: {done.stderr[-2000:]}"
 
 
 def readme_submit_line() -> str:
