@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     args.validate_config(config_path)  # a bad config fails here, before anything is uploaded
     address = jobs.address_from(args.address)
     client = jobs.connect(address)
-    job_id = jobs.submit(client, address, config_path, Path(args.working_dir), args.extra)
+    job_id = jobs.submit(client, address, config_path, Path(args.working_dir), args.extra,
+                         say=lambda text: print(f"hpsearch: {text}", file=sys.stderr, flush=True))
     print(f"submitted job {job_id} to {address}")
     print(f"  logs: hpsearch cluster logs {job_id}    stop: hpsearch cluster stop {job_id}")
     if not args.follow:

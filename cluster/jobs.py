@@ -18,6 +18,12 @@ DASHBOARD_TIMEOUT_S = 10.0
 # built packages. Patterns in .gitignore syntax, as Ray's runtime_env reads them.
 EXCLUDES = [".venv/", ".git/", "experiments/", "__pycache__/", "*.egg-info/", ".pytest_cache/", "build/", "dist/",
             "*.whl", "*.tar.gz"]
+# Ray's job server refuses a job with this until the head's agent has registered, which
+# on a head started moments ago (or a busy one) comes after the dashboard answers.
+NO_AGENT = "No available agent to submit job"
+# Seconds a submit waits for that agent, and between its tries.
+AGENT_WAIT_S = 60.0
+AGENT_POLL_S = 2.0
 
 
 def address_from(argument: str | None) -> str:
@@ -81,20 +87,44 @@ def search_entrypoint(config_path: str, extra_args: list[str] | None = None) -> 
 
 
 def submit(
-    client: Any, address: str, config_path: Path, working_dir: Path, extra_args: list[str] | None = None
+    client: Any, address: str, config_path: Path, working_dir: Path, extra_args: list[str] | None = None, *,
+    say: Callable[[str], None] = print, wait_s: float = AGENT_WAIT_S, poll_s: float = AGENT_POLL_S,
 ) -> str:
-    """Submit a search; the config path is sent relative to the working directory."""
+    """Submit a search; the config path is sent relative to the working directory.
+
+    A job server whose agent has not registered yet is waited for, at most ``wait_s``
+    (``say`` tells the user once); any other refusal ends the submit at once.
+
+    Raises:
+        ClusterError: the config lies outside the working directory, the job API
+            refused the job, or no agent registered within ``wait_s``.
+    """
+    import time
+
     try:
         relative = config_path.resolve().relative_to(working_dir.resolve())
     except ValueError:
         raise ClusterError(f"--config {config_path} must lie inside the working directory {working_dir}") from None
-    try:
-        return client.submit_job(
-            entrypoint=search_entrypoint(relative.as_posix(), extra_args),
-            runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
-        )
-    except Exception as exc:
-        raise _explain(exc, address) from None
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=search_entrypoint(relative.as_posix(), extra_args),
+                runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
+            )
+        except Exception as exc:
+            if NO_AGENT not in str(exc):
+                raise _explain(exc, address) from None
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"the Ray cluster at {address} took no job within {wait_s:g} s: its job agent has not registered "
+                    "(the head is still starting, or its dashboard agent died): check the head pod with "
+                    "`kubectl get pods` and its log, then submit again") from None
+        if not told:
+            say(f"waiting up to {wait_s:g} s for the cluster's job agent (the head is still starting)")
+            told = True
+        time.sleep(poll_s)
 
 
 def follow(client: Any, address: str, job_id: str, write: Callable[[str], None]) -> str:

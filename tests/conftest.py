@@ -46,16 +46,29 @@ def fake_gcs(tmp_path_factory):
 # TensorFlow workers): one test process runs them one after the other, so that a Ray
 # starting in the other process is not starved (a raylet that has not registered within
 # Ray's fixed 30 s fails its node's start).
-HEAVY = ("cluster/test_autoscaling_cluster.py", "cluster/test_miniature.py", "search/test_distributed.py")
+HEAVY = ("tests/cluster/test_autoscaling_cluster.py", "tests/cluster/test_miniature.py",
+         "tests/search/test_distributed.py")
 
 
 def pytest_collection_modifyitems(config, items):
     """Modules with slow tests first, each module's tests kept together and in order: the
-    two test processes (pytest-xdist, whole modules each) then end together instead of one
-    starting a long module while the other has finished. The HEAVY modules are one group
-    (one process); every other module is a group of its own."""
+    two test processes then end together instead of one starting a long module while the
+    other has finished."""
     has_slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in has_slow)  # stable: the order within each part stays
-    for item in items:
-        relative = item.path.relative_to(TESTS_DIR).as_posix()
-        item.add_marker(pytest.mark.xdist_group("heavy" if relative in HEAVY else relative))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler by scope, with a module as the scope and the HEAVY
+    modules one scope: each test process runs whole modules (a module's Ray and trained
+    fixtures are built once), in the collection's order (``--no-loadscope-reorder``).
+    (xdist's own ``loadgroup`` cannot say this under pytest 9: it renames items through
+    an attribute pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "heavy" if module in HEAVY else module
+
+    return ModuleScheduling(config, log)
