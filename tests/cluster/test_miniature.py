@@ -71,11 +71,18 @@ def miniature(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     gcs_port, dashboard_port = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="raymini-", dir="/tmp")  # short: Ray's socket paths must fit
+    # Every port a node would take by default named free: another Ray on the machine may
+    # hold a default one (the head's agent on 52365 is the one Ray's job server submits
+    # through; taken, jobs are refused with "No available agent").
     common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+
+    def own_ports() -> list[str]:
+        return [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
     processes = [subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--include-dashboard=true",
-         *start_params(head_spec["rayStartParams"]), *common],
+         f"--ray-client-server-port={free_port()}", *own_ports(), *start_params(head_spec["rayStartParams"]), *common],
         env=env, stdout=open(f"{temp_dir}-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)]
     # the worker group's pods: 2 CPUs each in the chart, 1 each here (2 cores in all)
     worker_cpus = max(1, int(float(group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"])) // 2)
@@ -88,7 +95,7 @@ def miniature(tmp_path_factory):
         for replica, worker_dir in enumerate(worker_dirs, start=1):
             processes.append(subprocess.Popen(
                 [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--num-cpus={worker_cpus}",
-                 f"--temp-dir={worker_dir}", *start_params(group["rayStartParams"]), *common],
+                 f"--temp-dir={worker_dir}", *own_ports(), *start_params(group["rayStartParams"]), *common],
                 env=env, stdout=open(f"{temp_dir}-worker{replica}.log", "w"), stderr=subprocess.STDOUT,
                 start_new_session=True))
         wait_for(lambda: ray_status_nodes(env, gcs_port) >= 1 + len(worker_dirs), 180, "the worker nodes")
