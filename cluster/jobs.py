@@ -90,29 +90,37 @@ def submit(
     client: Any, address: str, config_path: Path, working_dir: Path, extra_args: list[str] | None = None, *,
     say: Callable[[str], None] = print, wait_s: float = AGENT_WAIT_S, poll_s: float = AGENT_POLL_S,
 ) -> str:
-    """Submit a search; the config path is sent relative to the working directory.
-
-    A job server whose agent has not registered yet is waited for, at most ``wait_s``
-    (``say`` tells the user once); any other refusal ends the submit at once.
+    """Submit a search; the config path is sent relative to the working directory (the
+    job server's agent waited for as :func:`submit_job` does).
 
     Raises:
-        ClusterError: the config lies outside the working directory, the job API
-            refused the job, or no agent registered within ``wait_s``.
+        ClusterError: the config lies outside the working directory, or as :func:`submit_job`.
     """
-    import time
-
     try:
         relative = config_path.resolve().relative_to(working_dir.resolve())
     except ValueError:
         raise ClusterError(f"--config {config_path} must lie inside the working directory {working_dir}") from None
+    return submit_job(client, address, say=say, wait_s=wait_s, poll_s=poll_s,
+                      entrypoint=search_entrypoint(relative.as_posix(), extra_args),
+                      runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES})
+
+
+def submit_job(client: Any, address: str, *, say: Callable[[str], None] = print, wait_s: float = AGENT_WAIT_S,
+               poll_s: float = AGENT_POLL_S, **job: Any) -> str:
+    """``client.submit_job(**job)``. A job server whose agent has not registered yet is
+    waited for, at most ``wait_s`` (``say`` tells the user once); any other refusal ends
+    the submit at once.
+
+    Raises:
+        ClusterError: the job API refused the job, or no agent registered within ``wait_s``.
+    """
+    import time
+
     deadline = time.monotonic() + wait_s
     told = False
     while True:
         try:
-            return client.submit_job(
-                entrypoint=search_entrypoint(relative.as_posix(), extra_args),
-                runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
-            )
+            return client.submit_job(**job)
         except Exception as exc:
             if NO_AGENT not in str(exc):
                 raise _explain(exc, address) from None

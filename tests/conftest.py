@@ -12,8 +12,7 @@ from pathlib import Path
 # The tiny test backbone ("Tiny", tests/tiny_backbone.py), registered as a user registers a
 # family of their own, for this process and every one it starts: set before anything
 # imports trainables.backbones, which reads the registry once.
-TESTS_DIR = Path(__file__).resolve().parent
-_TESTS = str(TESTS_DIR)
+_TESTS = str(Path(__file__).resolve().parent)
 os.environ["HPSEARCH_BACKBONE_MODULES"] = "tiny_backbone"
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
 

@@ -117,22 +117,13 @@ def ray_status_nodes(env, gcs_port) -> int:
 
 
 def wait_for_job_server(address: str, env: dict, wait_s: int = 120) -> None:
-    """Wait until Ray's job server takes a job: it refuses one ("No available agent to
-    submit job, please try again later") until the head's agent has registered, which
-    on a busy machine comes after the nodes are up. A job that does nothing is submitted
-    until it is taken, for at most ``wait_s``."""
-    code = (
-        "import time\n"
-        "from ray.job_submission import JobSubmissionClient\n"
-        f"client, deadline = JobSubmissionClient({address!r}), time.monotonic() + {wait_s}\n"
-        "while True:\n"
-        "    try:\n"
-        "        print('taken:', client.submit_job(entrypoint='true'))\n"
-        "        break\n"
-        "    except RuntimeError as exc:\n"
-        "        if 'No available agent' not in str(exc) or time.monotonic() > deadline:\n"
-        "            raise\n"
-        "        time.sleep(1)\n")
+    """Wait until Ray's job server takes a job (it refuses one until the head's agent
+    has registered, which on a busy machine comes after the nodes are up): a job that
+    does nothing, submitted as `hpsearch cluster submit` submits, waiting at most ``wait_s``."""
+    code = ("from ray.job_submission import JobSubmissionClient\n"
+            "from cluster.jobs import submit_job\n"
+            f"print('taken:', submit_job(JobSubmissionClient({address!r}), {address!r}, say=lambda _: None, "
+            f"wait_s={wait_s}, poll_s=1, entrypoint='true'))\n")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=wait_s + 60)
     assert done.returncode == 0 and "taken:" in done.stdout, f"the job server within {wait_s} s: {done.stderr[-2000:]}"
 
