@@ -7,7 +7,8 @@ scheduler and study (search.run).
 
 ARGS_JSON: {"storage", "num_trials", "concurrent", "curve" (values per epoch, or null
 for values from the sampled max_lr), "kill": [event, count] or null, "resume": bool,
-"ledger": a file each trained epoch is appended to (trial id, epoch, the driver's Ray job), "fail": {"trial" (its index from 1),
+"ledger": a file each trained epoch is appended to (trial id, epoch, the driver's Ray job,
+the trial's process id), "fail": {"trial" (its index from 1),
 "epoch", "message"} or null: that trial raises OSError(message) at that epoch, every
 time, "address": a running Ray to join, or null for a local Ray of the driver's own}.
 ``kill`` SIGKILLs the driver's
@@ -68,7 +69,7 @@ def make_standin(curve: list[float] | None, ledger: str, fail: dict | None = Non
                 raise OSError(fail["message"])
             value = curve[epoch - 1] if curve else min(0.99, config["max_lr"] + 0.1 * epoch)
             with open(ledger, "a") as out:  # the job tells the drivers apart
-                out.write(f"{trial_id} {epoch} {ray.get_runtime_context().get_job_id()}\n")
+                out.write(f"{trial_id} {epoch} {ray.get_runtime_context().get_job_id()} {os.getpid()}\n")
             with tempfile.TemporaryDirectory() as directory:
                 Path(directory, "state.json").write_text(json.dumps({"epoch": epoch}))
                 tune.report({"epoch": epoch, "planned_epochs": EPOCHS, METRIC: value}, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -125,7 +125,24 @@ def ledger_by_job(tmp_path: Path) -> list[tuple[str, int, str]]:
     path = tmp_path / "ledger"
     if not path.exists():
         return []
-    return [(trial, int(epoch), node) for trial, epoch, node in (line.split() for line in path.read_text().splitlines())]
+    return [(trial, int(epoch), job) for trial, epoch, job, _ in (line.split() for line in path.read_text().splitlines())]
+
+
+def wait_for_processes_gone(pids: set[int], wait_s: float = 60) -> None:
+    """Wait until none of ``pids`` runs (Ray ends a dead driver's actors shortly after)."""
+    from support import wait_for
+
+    def gone() -> bool:
+        alive = set()
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.add(pid)
+            except ProcessLookupError:
+                pass
+        return not alive
+
+    wait_for(gone, wait_s, f"the killed driver's trial processes {sorted(pids)}")
 
 
 def ledger(tmp_path: Path) -> list[tuple[str, int]]:
@@ -216,10 +233,11 @@ def test_a_trial_that_keeps_failing_ends_in_error_and_the_search_says_so(tmp_pat
 def test_a_trial_whose_checkpoints_were_deleted_ends_in_error_and_the_rest_finish(tmp_path, shared_ray):
     """Checkpoints deleted while the driver was down: the trial cannot be restored, and
     says why; the search still reaches its other trials and exits 3."""
-    # a Ray of its own, killed with the driver: on a shared one, the trial could persist
-    # the next epoch's checkpoint after the deletion below, before Ray ends it
-    code, _ = drive(tmp_path, num_trials=2, kill=["result", 2])
+    code, _ = drive(tmp_path, num_trials=2, kill=["result", 2], address=shared_ray)
     assert code == -signal.SIGKILL
+    # the killed driver's trial could still persist its next epoch's checkpoint after the
+    # deletion below: Ray ends a dead driver's actors, and they are waited for first
+    wait_for_processes_gone({int(line.split()[3]) for line in (tmp_path / "ledger").read_text().splitlines()})
     (trial_dir,) = (tmp_path / "experiments" / "standin").glob("standin_*")
     checkpoints = list(trial_dir.glob("checkpoint_*"))
     assert checkpoints

