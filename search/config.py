@@ -71,7 +71,9 @@ class SearchConfig:
     seed: int = field(default=0, metadata=bounds(0, MAX_SEED))
     # Trials TPE samples at random before it models the results (Optuna's n_startup_trials).
     startup_trials: int = field(default=8, metadata=bounds(1, 100000))
-    # ASHA: no trial is stopped before this many epochs; a rung keeps 1/reduction_factor.
+    # ASHA: no trial is stopped before this many fine-tuning epochs (the head phase's
+    # epochs do not count: they rank nothing the search decides); a rung keeps
+    # 1/reduction_factor.
     grace_epochs: int = field(default=3, metadata=bounds(1, 10000))
     reduction_factor: int = field(default=3, metadata=bounds(2, 100))
 
@@ -179,6 +181,11 @@ class Config:
     def max_epochs(self) -> int:
         """Longest trial in epochs: ASHA's max_t (the warmup axis varies per trial)."""
         return self.recipe.epochs(upper(space_value(self.space, "warmup_epochs")))
+
+    @property
+    def max_finetune_epochs(self) -> int:
+        """The longest trial's fine-tuning (phase 2) epochs: ASHA's max_t."""
+        return self.max_epochs - self.recipe.head_epochs
 
 
 def smoke_config(config: Config) -> Config:
@@ -413,15 +420,15 @@ def _check_rules(config: Config) -> None:
     if config.resources.steps_per_execution is not None and config.resources.steps_per_execution < 1:
         raise ConfigError("resources.steps_per_execution",
                           f"must be >= 1 (or unset: a whole epoch per call), got {config.resources.steps_per_execution}")
-    if config.search.grace_epochs > config.max_epochs:
-        raise ConfigError(
-            "search.grace_epochs",
-            f"must be <= the longest trial ({config.max_epochs} epochs), "
-            f"got {config.search.grace_epochs}",
-        )
-    if config.max_epochs - config.recipe.head_epochs < 1:
+    if config.max_finetune_epochs < 1:
         raise ConfigError(
             "recipe.cooldown_epochs", "phase 2 (warmup + flat + cooldown) needs at least 1 epoch"
+        )
+    if config.search.grace_epochs > config.max_finetune_epochs:
+        raise ConfigError(
+            "search.grace_epochs",
+            f"counts fine-tuning epochs: must be <= the longest trial's ({config.max_finetune_epochs}: "
+            f"warmup + flat + cooldown), got {config.search.grace_epochs}",
         )
     lowest_lr = _lower(space_value(config.space, "max_lr"))
     if config.recipe.min_lr > lowest_lr:

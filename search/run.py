@@ -22,7 +22,7 @@ from search.space import param_space
 from search.study import StudySearch, UploadStudy
 from trainables import strategy as strategies
 from trainables.checkpoint import resume_directory
-from trainables.metrics import VAL_ACCURACY
+from trainables.metrics import FINETUNE_EPOCH, VAL_ACCURACY
 from trainables.params import hyperparams_from
 from trainables.spec import TrialSpec
 from trainables.storage import Location, resolve
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 METRIC = VAL_ACCURACY
 MODE = "max"
-TIME_ATTR = "epoch"
+TIME_ATTR = FINETUNE_EPOCH  # ASHA counts fine-tuning epochs (trainables.metrics)
 
 
 def trial_spec(config: Config, sampled: dict[str, Any]) -> TrialSpec:
@@ -66,10 +66,11 @@ def make_searcher(config: Config, location: Location, round_number: int = 1) -> 
 
 
 def make_scheduler(config: Config) -> ASHAScheduler:
-    """ASHA with the epoch as its time unit; the longest trial bounds its rungs."""
+    """ASHA with the fine-tuning epoch as its time unit; the longest trial's fine-tuning
+    bounds its rungs."""
     return ASHAScheduler(
         time_attr=TIME_ATTR,
-        max_t=config.max_epochs,
+        max_t=config.max_finetune_epochs,
         grace_period=config.search.grace_epochs,
         reduction_factor=config.search.reduction_factor,
     )

@@ -3,6 +3,10 @@
 
 EPOCH = "epoch"
 VAL_ACCURACY = "val_accuracy"
+# Epochs of fine-tuning (phase 2) trained so far, 0 during the head phase: ASHA's time
+# unit. The head phase trains the same head on the same frozen features whatever the
+# fine-tuning rate, so its epochs rank nothing the search decides.
+FINETUNE_EPOCH = "finetune_epoch"
 # The epochs the trial would run unstopped: a trial ended before them was stopped early.
 PLANNED_EPOCHS = "planned_epochs"
 # 1 for a trial trained in one go, one more each time it resumed from a checkpoint (a

@@ -30,7 +30,7 @@ from trainables.data import load_configured
 from trainables.divergence import diverged
 from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, build_model, set_phase
-from trainables.metrics import ATTEMPT, DIVERGED, PLANNED_EPOCHS
+from trainables.metrics import ATTEMPT, DIVERGED, FINETUNE_EPOCH, PLANNED_EPOCHS
 from trainables.reporting import Reporter
 from trainables.schedule import learning_rate
 from trainables.schedule_graph import phase2_rate
@@ -348,6 +348,7 @@ def train_trial(
         train_loss = sums.loss_sum / sums.steps
         metrics = {
             "epoch": epoch + 1,
+            FINETUNE_EPOCH: max(0, epoch + 1 - recipe.head_epochs),
             PLANNED_EPOCHS: spec.total_epochs,
             ATTEMPT: attempt,
             "phase": phase_name,

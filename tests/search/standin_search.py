@@ -72,7 +72,8 @@ def make_standin(curve: list[float] | None, ledger: str, fail: dict | None = Non
                 out.write(f"{trial_id} {epoch} {ray.get_runtime_context().get_job_id()} {os.getpid()}\n")
             with tempfile.TemporaryDirectory() as directory:
                 Path(directory, "state.json").write_text(json.dumps({"epoch": epoch}))
-                tune.report({"epoch": epoch, "planned_epochs": EPOCHS, METRIC: value}, checkpoint=tune.Checkpoint.from_directory(directory))
+                report = {"epoch": epoch, "finetune_epoch": epoch, "planned_epochs": EPOCHS, METRIC: value}  # no head phase
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
 
     return standin
 

@@ -44,7 +44,8 @@ def test_every_search_setting_reaches_tune(tmp_path):
     assert tune_config.search_alg._storage.url == f"sqlite:///{tmp_path / 'settings' / 'study.db'}"
 
     asha = tune_config.scheduler
-    assert (asha._time_attr, asha._max_t) == ("epoch", 40)
+    # counted in fine-tuning epochs: the longest trial's 40 less its 5 head epochs
+    assert (asha._time_attr, asha._max_t) == ("finetune_epoch", 35)
     # ASHA's rungs: grace_epochs x reduction_factor^k below max_t, i.e. 2, 6, 18
     assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [2, 6, 18]
 
@@ -54,7 +55,7 @@ def quadratic_trial(config):
     score = 1.0 - (config["max_lr"] - 0.03) ** 2 * 100 - (config["dropout"] - 0.4) ** 2
     score -= 0.01 * config["cutout_count"] + 0.02 * ("B1" == config["backbone"])
     for epoch in range(1, 7):
-        tune.report({"epoch": epoch, "val_accuracy": score * epoch / 6})
+        tune.report({"epoch": epoch, "finetune_epoch": epoch, "val_accuracy": score * epoch / 6})  # no head phase
 
 
 @pytest.fixture(scope="module")

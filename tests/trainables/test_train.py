@@ -38,6 +38,7 @@ def test_one_report_per_epoch_with_a_checkpoint(trained):
     spec, reports = trained
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3] == list(range(1, spec.total_epochs + 1))
     assert [m["phase"] for m, _ in reports] == ["head", "finetune", "finetune"]
+    assert [m["finetune_epoch"] for m, _ in reports] == [0, 1, 2]  # ASHA's time unit
     for metrics, directory in reports:
         assert 0.0 <= metrics["val_accuracy"] <= 1.0
         state = read_state(directory)

@@ -1,0 +1,168 @@
+"""Does the search pay? On the space a user writes before knowing the answer (the
+offline default's task, ``configs/local_wide.yaml``), four arms in the same wall-clock budget:
+
+- ``tpe_asha``: what ``hpsearch run`` does (Optuna TPE, ASHA early stopping);
+- ``random_fifo``: what a user does by hand (random draws, every trial to its end);
+- ``tpe_fifo`` and ``random_asha``: the crossings, to attribute the gain.
+
+Random search is the same TPE sampler with every trial a startup draw
+(``search.startup_trials`` above the number of trials: Optuna's TPE samples those
+independently at random); FIFO is Tune's ``FIFOScheduler``. Each arm runs with Tune's
+own ``time_budget_s`` on a fresh local Ray, one arm at a time, each seed the same
+sampler seed in every arm. For each seed the target is random+FIFO's final best
+validation accuracy minus 0.5 point; each arm's time to reach it is read off its anytime
+curve (best so far against wall time since the search started).
+
+    python bench/search_pays.py [--seeds 0 1 2] [--budget-s 240]
+
+Writes ``bench/results/search_pays.json`` (``ratio``: the median over seeds of
+tpe_asha's time to the target over random_fifo's; goal at most 1/3; an arm that never
+reached the target has ``null`` with ``reached: false``) and the curves as
+``bench/results/search_pays.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ray.tune import Callback  # noqa: E402
+
+from searches import commit, machine, run_search  # noqa: E402
+
+TOLERANCE = 0.005
+GOAL = 1 / 3
+ARMS = ("tpe_asha", "random_fifo", "tpe_fifo", "random_asha")
+# Enough trials that the budget, not the count, ends every arm.
+TRIALS = 1000
+
+
+class Anytime(Callback):
+    """Tune callback: (seconds since the search started, validation accuracy) per epoch
+    result, in the order they reached the driver."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.points: list[tuple[float, float]] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from search.run import METRIC
+
+        if METRIC in result:
+            self.points.append((time.monotonic() - self.start, float(result[METRIC])))
+
+
+def best_so_far(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The anytime curve: each point where the best so far rose."""
+    curve, best = [], -math.inf
+    for at, value in points:
+        if value > best:
+            best = value
+            curve.append((round(at, 1), round(value, 4)))
+    return curve
+
+
+def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
+    """Seconds until the curve first reached ``target``; None if it never did."""
+    return next((at for at, value in curve if value >= target - 1e-9), None)
+
+
+def arm_config(base: dict, arm: str, seed: int) -> tuple[dict, object]:
+    """The config dict and the scheduler (None: hpsearch's ASHA) of one arm and seed."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    sampler, scheduler = arm.split("_")
+    search = {**base["search"], "seed": seed, "name": f"pays-{arm}-{seed}", "num_trials": TRIALS}
+    if sampler == "random":
+        search["startup_trials"] = TRIALS + 1
+    return {**base, "search": search}, (FIFOScheduler() if scheduler == "fifo" else None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "local_wide.yaml"))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget-s", type=float, default=240.0)
+    args = parser.parse_args()
+
+    from search.config import config_to_dict, load_config
+
+    base = config_to_dict(load_config(args.config))  # validated, defaults filled
+    per_seed = []
+    for seed in args.seeds:
+        runs = {}
+        for arm in ARMS:
+            raw, scheduler = arm_config(base, arm, seed)
+            anytime = Anytime()
+            grid, _, _, _, wall = run_search(raw, scheduler=scheduler, callbacks=[anytime],
+                                             time_budget_s=args.budget_s)
+            curve = best_so_far(anytime.points)
+            runs[arm] = {"wall_s": round(wall, 1), "trials": len(grid), "epochs": len(anytime.points),
+                         "best_val_accuracy": curve[-1][1] if curve else None, "curve": curve}
+            print(f"seed {seed} {arm}: {len(grid)} trials, {len(anytime.points)} epochs in {wall:.0f} s, "
+                  f"best {runs[arm]['best_val_accuracy']}", flush=True)
+        target = round(runs["random_fifo"]["best_val_accuracy"] - TOLERANCE, 4)
+        for run in runs.values():
+            run["seconds_to_target"] = time_to(run["curve"], target)
+            run["reached"] = run["seconds_to_target"] is not None
+        mine, baseline = runs["tpe_asha"]["seconds_to_target"], runs["random_fifo"]["seconds_to_target"]
+        ratio = None if mine is None else round(mine / baseline, 3)
+        per_seed.append({"seed": seed, "target_val_accuracy": target, "ratio": ratio, "reached": mine is not None,
+                         "arms": runs})
+        print(f"seed {seed}: target {target}; tpe_asha {mine} s / random_fifo {baseline} s = {ratio}", flush=True)
+
+    # an unreached target ranks above every reached ratio; a median that lands on one is null
+    ranked = sorted(per_seed, key=lambda e: math.inf if e["ratio"] is None else e["ratio"])
+    middle = ranked[(len(ranked) - 1) // 2:len(ranked) // 2 + 1]
+    ratio = None if any(e["ratio"] is None for e in middle) else round(statistics.mean(e["ratio"] for e in middle), 3)
+    result = {
+        "benchmark": "search_pays", "machine": machine(), "commit": commit(), "config": Path(args.config).name,
+        "arms": list(ARMS), "seeds": args.seeds, "budget_s": args.budget_s,
+        "max_concurrent_trials": base["search"]["max_concurrent_trials"], "tolerance": TOLERANCE,
+        "per_seed": per_seed, "ratio": ratio, "ratio_reached": ratio is not None,
+        "goal": f"ratio <= {GOAL:.3f}", "goal_met": ratio is not None and ratio <= GOAL,
+    }
+    out = ROOT / "bench" / "results" / "search_pays.json"
+    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    draw(per_seed, args.budget_s, out.with_suffix(".png"))
+    print(f"ratio (median over seeds, tpe_asha / random_fifo time to target): {ratio} (goal <= {GOAL:.3f}); "
+          f"wrote {out}")
+
+
+COLOURS = {"tpe_asha": "tab:orange", "random_fifo": "tab:blue", "tpe_fifo": "tab:green", "random_asha": "tab:purple"}
+
+
+def draw(per_seed: list[dict], budget_s: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(per_seed), figsize=(5 * len(per_seed), 4), sharey=True, squeeze=False)
+    for ax, entry in zip(axes[0], per_seed):
+        for arm, run in entry["arms"].items():
+            if run["curve"]:
+                times, values = zip(*run["curve"])
+                ax.step([*times, budget_s], [*values, values[-1]], where="post", color=COLOURS[arm], label=arm)
+        ax.axhline(entry["target_val_accuracy"], color="grey", linestyle="--", label="random_fifo best - 0.5 pt")
+        ax.set_title(f"seed {entry['seed']}: ratio {entry['ratio']}")
+        ax.set_xlabel("wall time of the search (s)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("best validation accuracy so far")
+    axes[0][0].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
