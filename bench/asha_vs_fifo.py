@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from searches import EpochClock, machine, run_search  # noqa: E402
+from searches import EpochClock, machine, run_search, save_panels, seed_panels  # noqa: E402
 
 TOLERANCE = 0.005
 GOAL = 1 / 3
@@ -122,13 +122,8 @@ def main() -> None:
 
 
 def draw(curves: dict, per_seed: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(per_seed), figsize=(5 * len(per_seed), 4), sharey=True, squeeze=False)
-    for ax, entry in zip(axes[0], per_seed):
+    fig, axes = seed_panels(len(per_seed))
+    for ax, entry in zip(axes, per_seed):
         seed = entry["seed"]
         for name, colour in (("fifo", "tab:blue"), ("asha", "tab:orange")):
             curve = curves[(seed, name)]
@@ -137,13 +132,7 @@ def draw(curves: dict, per_seed: list[dict], path: Path) -> None:
                 ax.axvline(stop, color=colour, alpha=0.15, linewidth=1)
         ax.axhline(entry["target_val_accuracy"], color="grey", linestyle="--", label="FIFO best - 0.5 pt")
         ax.set_title(f"seed {seed}: epoch ratio {entry['epoch_ratio']}")
-        ax.set_xlabel("epochs trained by the search")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("best validation accuracy so far")
-    axes[0][0].legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_panels(fig, axes, "epochs trained by the search", path)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ray.tune import Callback  # noqa: E402
 
-from searches import commit, machine, run_search  # noqa: E402
+from searches import commit, machine, run_search, save_panels, seed_panels  # noqa: E402
 
 TOLERANCE = 0.005
 GOAL = 1 / 3
@@ -142,26 +142,15 @@ COLOURS = {"tpe_asha": "tab:orange", "random_fifo": "tab:blue", "tpe_fifo": "tab
 
 
 def draw(per_seed: list[dict], budget_s: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(per_seed), figsize=(5 * len(per_seed), 4), sharey=True, squeeze=False)
-    for ax, entry in zip(axes[0], per_seed):
+    fig, axes = seed_panels(len(per_seed))
+    for ax, entry in zip(axes, per_seed):
         for arm, run in entry["arms"].items():
             if run["curve"]:
                 times, values = zip(*run["curve"])
                 ax.step([*times, budget_s], [*values, values[-1]], where="post", color=COLOURS[arm], label=arm)
         ax.axhline(entry["target_val_accuracy"], color="grey", linestyle="--", label="random_fifo best - 0.5 pt")
         ax.set_title(f"seed {entry['seed']}: ratio {entry['ratio']}")
-        ax.set_xlabel("wall time of the search (s)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("best validation accuracy so far")
-    axes[0][0].legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_panels(fig, axes, "wall time of the search (s)", path)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,28 @@ def run_search(raw: dict[str, Any], *, scheduler: Any = None, callbacks: list | 
     finally:
         ray.shutdown()
     return grid, clock, start, end, end - start
+
+
+def seed_panels(count: int):
+    """A figure of ``count`` side-by-side panels (one per seed) sharing the accuracy axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, count, figsize=(5 * count, 4), sharey=True, squeeze=False)
+    return fig, list(axes[0])
+
+
+def save_panels(fig, axes, xlabel: str, path) -> None:
+    """Label, grid and legend the anytime panels, write them to ``path`` and close."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("best validation accuracy so far")
+    axes[0].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
