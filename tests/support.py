@@ -172,7 +172,8 @@ def make_experiment(root: Path, name: str = "exp") -> tuple[Path, list[TrainedTr
     spec = trained[0].spec
     # the space the three trials were drawn from, as a search would have recorded it
     space = dataclasses.replace(SpaceConfig(), backbones=("Tiny",), warmup_epochs=IntRange(0, 1))
-    config = Config(data=spec.data, space=space, recipe=spec.recipe, search=SearchConfig(name=name))
+    # grace within the 2 fine-tuning epochs of the longest trial, as validation requires
+    config = Config(data=spec.data, space=space, recipe=spec.recipe, search=SearchConfig(name=name, grace_epochs=1))
     (experiment / "search_config.json").write_text(json.dumps(config_to_dict(config)))
     return experiment, trained
 

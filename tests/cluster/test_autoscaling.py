@@ -1,6 +1,6 @@
 """Every trial shape a shipped config asks for, against the autoscaler's own view.
 
-For each scenario in ``helm/hpsearch/ci/`` (and the one the README's GKE quickstart
+For each scenario in ``helm/hpsearch/ci/`` (and the one the GKE quickstart's (docs/gke.md)
 installs): the chart is rendered with Helm's engine, the node types are derived from the
 rendered RayCluster by Ray's own ``_derive_autoscaling_config_from_ray_cr`` (as KubeRay's
 autoscaler does in the head pod), and the placement groups a trial asks for are built by
@@ -29,7 +29,7 @@ from support import CHART, REPO, scenario_raycluster
 
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 
-README = (REPO / "README.md").read_text()
+GKE_GUIDE = (REPO / "docs" / "gke.md").read_text()  # the GKE quickstart
 
 
 def view_of(values_file: str) -> dict:
@@ -70,8 +70,8 @@ def test_every_scenario_serves_some_backbone_of_a_shipped_config():
 
 
 def readme_gke_path() -> tuple[str, str]:
-    """The values file the README's GKE quickstart installs and the config it submits."""
-    gke = README[README.index("## GKE quickstart"):]
+    """The values file the GKE quickstart's (docs/gke.md) installs and the config it submits."""
+    gke = GKE_GUIDE[GKE_GUIDE.index("## GKE quickstart"):]
     (values,) = set(re.findall(r"helm install search helm/hpsearch -f helm/hpsearch/ci/(\S+)", gke))
     configs = set(re.findall(r"python -m search run --config (\S+)", gke))
     (config,) = configs
@@ -87,7 +87,7 @@ def test_the_readme_installs_every_pool_its_config_asks_for():
 
 
 def test_every_accelerator_group_of_every_scenario_is_one_the_real_autoscaler_scaled():
-    """test_autoscaling_cluster.py runs Ray's autoscaler itself on the README's scenario
+    """test_autoscaling_cluster.py runs Ray's autoscaler itself on the quickstart's scenario
     only (each run costs minutes). Every accelerator node type any scenario has is, by the
     resources the autoscaler derives for it, one of that scenario's, which that test scales
     from zero and back; the CPU-only scenario is the miniature test's, whose nodes Ray
@@ -105,7 +105,7 @@ def test_every_accelerator_group_of_every_scenario_is_one_the_real_autoscaler_sc
 
 
 def test_the_check_sees_a_config_whose_pools_are_missing():
-    """Before this check, the README installed the GPU scenario and submitted
+    """Before this check, the quickstart installed the GPU scenario and submitted
     configs/cifar10.yaml, whose B6/B7 go to TPUs: those trials waited for ever."""
     problems = unschedulable(load_config(REPO / "configs" / "cifar10.yaml"), view_of("gpu-values.yaml"))
     assert len(problems) == 1, problems
@@ -151,9 +151,9 @@ def test_every_tpu_shape_shipped_is_accepted_by_ray_train():
 
 
 def test_readme_node_pools_start_at_zero_and_tpu_pools_name_their_zone():
-    """README step 1: accelerator pools start with no node (gcloud's default is 3 per
+    """The quickstart's step 1: accelerator pools start with no node (gcloud's default is 3 per
     zone) and the TPU pool names the zone that has v6e (one zone of us-central1)."""
-    gke = README[README.index("## GKE quickstart"):README.index("### What the miniature cluster test proves")]
+    gke = GKE_GUIDE[GKE_GUIDE.index("## GKE quickstart"):GKE_GUIDE.index("### What the miniature cluster test proves")]
     commands = [" ".join(c.replace("\\\n", " ").split()) for c in re.findall(
         r"gcloud container node-pools create (?:[^\n]*\\\n)*[^\n]*", gke)]
     assert len(commands) == 2, commands

@@ -1,6 +1,6 @@
-"""The README's GKE cluster in miniature, scaled by Ray's own autoscaler from zero and back.
+"""The GKE quickstart's cluster (docs/gke.md) in miniature, scaled by Ray's own autoscaler from zero and back.
 
-The chart's scenario the README installs (``ci/gke-values.yaml``: cpu, gpu and tpu
+The chart's scenario the quickstart installs (``ci/gke-values.yaml``: cpu, gpu and tpu
 groups, all at zero) is rendered with Helm's engine and its node types derived by Ray's
 own KubeRay code, as the autoscaler in the head pod derives them. Ray's standard
 autoscaler (v1, the chart's ``autoscaling.version``) then runs in the head started here
@@ -70,7 +70,7 @@ def fake_provider_config(cluster: dict, gcs_port: int) -> dict:
 @pytest.fixture(scope="module")
 def autoscaling_cluster():
     """A head (the chart's head rayStartParams: no CPUs) running Ray's autoscaler over
-    the README scenario's node types; yields (GCS address, environment, monitor log)."""
+    the quickstart scenario's node types; yields (GCS address, environment, monitor log)."""
     from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
     cluster = scenario_raycluster("gke-values.yaml")

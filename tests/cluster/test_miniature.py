@@ -4,7 +4,7 @@ The chart is rendered with Helm's engine; the head starts with the head group's
 rayStartParams (no CPUs for trials) and two worker nodes with the worker group's
 (CPUs scaled to fit this 2-core machine), token authentication on, fake-gcs-server as
 the bucket and HPSEARCH_STORAGE set as the chart sets it in every pod. The search is
-submitted with the README's own `ray job submit` line, stopped with `ray job stop`
+submitted with the GKE quickstart's own `ray job submit` line (docs/gke.md), stopped with `ray job stop`
 mid-search and resubmitted with --resume by `hpsearch cluster submit --follow` (then its
 `logs` and `stop`); the finished experiment is read from outside the cluster with
 `hpsearch ensemble` and `hpsearch report`. A submit without the cluster's token is one
@@ -129,8 +129,9 @@ def wait_for_job_server(address: str, env: dict, wait_s: int = 120) -> None:
 
 
 def readme_submit_line() -> str:
-    readme = (REPO / "README.md").read_text()
-    return next(l.strip() for l in readme.splitlines() if l.strip().startswith("ray job submit --address"))
+    """The GKE quickstart's own `ray job submit` line (docs/gke.md)."""
+    guide = (REPO / "docs" / "gke.md").read_text()
+    return next(l.strip() for l in guide.splitlines() if l.strip().startswith("ray job submit --address"))
 
 
 def job_status(address, env, job_id) -> str:

@@ -300,7 +300,7 @@ def test_the_name_label_check_can_fail():
     assert labels["app.kubernetes.io/name"] == "hpsearch"
 
 
-# Allocatable of the node types the README creates (GKE's reservation formula: CPU 6% of
+# Allocatable of the node types the GKE quickstart creates (GKE's reservation formula: CPU 6% of
 # the first core, 1% of the next, 0.5% of the next 2, 0.25% above 4; memory 25% of the
 # first 4 GiB, 20% of the next 4, 10% of the next 8, 6% up to 128, 2% above, plus 100 MiB
 # eviction threshold; GPU nodes from GKE's docs for g2-standard-8). GKE's own DaemonSets
@@ -331,12 +331,12 @@ def scenario_nodes(path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name)
-def test_every_pod_fits_the_node_type_the_readme_creates_for_it(path):
+def test_every_pod_fits_the_node_type_the_quickstart_creates_for_it(path):
     nodes = scenario_nodes(path)
-    readme = (REPO / "README.md").read_text()
+    guide = (REPO / "docs" / "gke.md").read_text()  # the GKE quickstart creates the node pools
     for name, template in pod_templates(cluster_of(yaml.safe_load(path.read_text()))):
         node = nodes[name]  # the file names a node type for the head and every group
-        assert node in NODE_ALLOCATABLE and f"--machine-type {node}" in readme, (name, node)
+        assert node in NODE_ALLOCATABLE and f"--machine-type {node}" in guide, (name, node)
         cpu, memory = NODE_ALLOCATABLE[node]
         requests = template["spec"]["containers"][0]["resources"]["requests"]
         assert quantity(requests["cpu"]) <= cpu - DAEMONSET_RESERVE[0], (path.name, name, requests)

@@ -33,7 +33,7 @@ import ray
 from ray import tune
 
 from search.config import config_from_dict
-from search.results import epochs_of, history_table
+from search.results import history_table
 from search import rounds, study
 from search.cli import summarise
 from search.run import METRIC, all_results, run_rounds
@@ -131,13 +131,10 @@ def main() -> None:
     trials = []
     for result in results:
         trial_id = result.metrics["trial_id"]
-        raw = result.metrics_dataframe
         trials.append({
             "trial_id": trial_id,
             "status": "ERROR" if result.error else "TERMINATED",
             "error": str(result.error) if result.error else None,
-            "reported_epochs": [] if raw is None else raw["epoch"].tolist(),
-            "kept_epochs": [] if epochs_of(result) is None else epochs_of(result)["epoch"].tolist(),
             "history_epochs": [row["epoch"] for row in history if row["trial_id"] == trial_id],
         })
     loaded = optuna.load_study(study_name=config.search.name,

@@ -111,6 +111,10 @@ def drive(tmp_path: Path, *, num_trials: int, concurrent: int = 1, curve=None, k
         except ProcessLookupError:
             pass
         driver.wait()
+    if kill:
+        # a killed driver's trials end with its job: a resubmitted search finds them gone
+        # (they would hold this Ray's CPUs meanwhile)
+        wait_for_processes_gone(trial_processes(tmp_path))
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     if driver.returncode == 0 and not lines:
         raise AssertionError(output[-3000:])
@@ -126,6 +130,12 @@ def ledger_by_job(tmp_path: Path) -> list[tuple[str, int, str]]:
     if not path.exists():
         return []
     return [(trial, int(epoch), job) for trial, epoch, job, _ in (line.split() for line in path.read_text().splitlines())]
+
+
+def trial_processes(tmp_path: Path) -> set[int]:
+    """The process ids of every stand-in trial the ledger recorded."""
+    path = tmp_path / "ledger"
+    return {int(line.split()[3]) for line in path.read_text().splitlines()} if path.exists() else set()
 
 
 def wait_for_processes_gone(pids: set[int], wait_s: float = 60) -> None:
@@ -235,9 +245,8 @@ def test_a_trial_whose_checkpoints_were_deleted_ends_in_error_and_the_rest_finis
     says why; the search still reaches its other trials and exits 3."""
     code, _ = drive(tmp_path, num_trials=2, kill=["result", 2], address=shared_ray)
     assert code == -signal.SIGKILL
-    # the killed driver's trial could still persist its next epoch's checkpoint after the
-    # deletion below: Ray ends a dead driver's actors, and they are waited for first
-    wait_for_processes_gone({int(line.split()[3]) for line in (tmp_path / "ledger").read_text().splitlines()})
+    # drive waited for the killed driver's trial processes to end (Ray ends a dead
+    # driver's actors): none can persist another checkpoint after the deletion below
     (trial_dir,) = (tmp_path / "experiments" / "standin").glob("standin_*")
     checkpoints = list(trial_dir.glob("checkpoint_*"))
     assert checkpoints
