@@ -30,6 +30,8 @@ HISTORY_PARQUET = "history.parquet"
 BEST_JSON = "best_config.json"
 # The search's own config, written when it starts (the report rebuilds the space from it).
 CONFIG_JSON = "search_config.json"
+# Tune's per-trial CSV of every report (beside its result.json).
+PROGRESS_CSV = "progress.csv"
 # The metric under which Ray Train's TuneReportCallback forwards a checkpoint's path.
 CHECKPOINT_PATH = "checkpoint_path"
 
@@ -60,10 +62,38 @@ def latest_per_epoch(reports: Any) -> Any:
     return reports.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
+def reports_of(result: Any) -> Any:
+    """Every report of a trial as Tune recorded it (a DataFrame; None or empty when it
+    reported nothing).
+
+    Tune reads a trial's reports from its stored ``result.json``, and a trial restarted
+    after a failure can find that file emptied: at a restart Tune's JSON logger copies the
+    stored ``result.json`` over its own (``ray.tune.logger``'s ``_restore_from_remote``),
+    and the stored copy may have been synced before its first line was flushed, while
+    ``progress.csv``, written through per row, kept the rows (seen under load:
+    tests/search/test_resume.py). An empty ``result.json`` is then read from
+    ``progress.csv`` (Tune itself falls back to it only when ``result.json`` is missing).
+    """
+    frame = result.metrics_dataframe
+    if (frame is None or frame.empty) and getattr(result, "path", None):
+        import io
+
+        import pandas as pd
+
+        try:
+            with result.filesystem.open_input_stream(f"{result.path}/{PROGRESS_CSV}") as handle:
+                text = handle.read().decode()
+        except (FileNotFoundError, OSError):
+            return frame
+        if text.strip():
+            frame = pd.read_csv(io.StringIO(text), dtype={"trial_id": str})
+    return frame
+
+
 def epochs_of(result: Any) -> Any:
     """A trial's reports, one per epoch (:func:`latest_per_epoch`); None when it reported
     nothing."""
-    frame = result.metrics_dataframe
+    frame = reports_of(result)
     if frame is None or frame.empty or "epoch" not in frame:
         return frame
     return latest_per_epoch(frame)
@@ -159,7 +189,7 @@ def history_table(result_grid: Any) -> pa.Table:
     twice (trained again after a restart) is two rows."""
     frames = []
     for result in result_grid:
-        frame = result.metrics_dataframe
+        frame = reports_of(result)
         if frame is None or frame.empty or "epoch" not in frame:
             continue
         frame = frame.copy()

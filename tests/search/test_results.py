@@ -15,6 +15,7 @@ class Result:
         self.metrics = {"trial_id": trial_id, **reports[-1]}
         self.config = {"backbone": "B0", "max_lr": 0.01}
         self.path = f"/experiments/{trial_id}"
+        self.filesystem = None  # read only when the reports are empty
         self.error = None
         self.checkpoint = None
         self.best_checkpoints = []
@@ -84,3 +85,23 @@ def test_a_parameter_the_space_fixes_gets_no_panel_in_the_report():
     names = [p.name for p in searched_params(space)]
     assert "unfreeze_fraction" not in names and "backbone" not in names
     assert "max_lr" in names and "dropout" in names
+
+
+def test_reports_emptied_by_a_restart_are_read_from_the_progress_csv(tmp_path):
+    """A trial restarted after a failure can find its stored result.json emptied by Tune
+    (search.results.reports_of); its progress.csv still has the rows, and the history
+    and the trials table read them from there."""
+    import pyarrow.fs
+
+    trial_dir = tmp_path / "t3"
+    trial_dir.mkdir()
+    (trial_dir / "result.json").write_text("")
+    (trial_dir / "progress.csv").write_text("epoch,attempt,val_accuracy,timestamp,planned_epochs,trial_id\n"
+                                            "1,1,0.5,10,3,000123\n")
+    result = Result("t3", [{"epoch": 1}])
+    result.metrics_dataframe = pd.DataFrame()  # what Tune read from the empty result.json
+    result.path, result.filesystem = str(trial_dir), pyarrow.fs.LocalFileSystem()
+    history = history_table([result]).to_pandas()
+    assert history["epoch"].tolist() == [1] and history["val_accuracy"].tolist() == [0.5]
+    (row,) = trial_rows([result], "val_accuracy", "max", planned_epochs=lambda config: 3)
+    assert row.epochs_run == 1 and row.best_val_accuracy == 0.5
