@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickletools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow.fs as pafs
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -22,6 +25,7 @@ from search.space import param_space
 from search.study import StudySearch, UploadStudy
 from trainables import strategy as strategies
 from trainables.checkpoint import resume_directory
+from trainables.errors import HpsearchError
 from trainables.metrics import FINETUNE_EPOCH, VAL_ACCURACY
 from trainables.params import hyperparams_from
 from trainables.spec import TrialSpec
@@ -270,6 +274,7 @@ def restore_tuner(config: Config, location: Location, *, round_number: int = 1,
     _snapshot_every_step()
     study.fetch(location, config.search.name)
     storage, name = rounds.tune_location(location, config.search.name, round_number)
+    check_restorable(storage, name, round_number)
     return tune.Tuner.restore(
         # with an explicit filesystem, Tune takes the path inside it (bucket/key for GCS)
         storage.join(name),
@@ -278,6 +283,47 @@ def restore_tuner(config: Config, location: Location, *, round_number: int = 1,
         resume_errored=True,
         storage_filesystem=storage.filesystem,
     )
+
+
+class RoundStateError(HpsearchError):
+    """A round's saved Tune state that Tune could not restore."""
+
+
+def unreadable(data: bytes) -> str | None:
+    """Why a saved state file cannot be read (None when it can): a pickle cut short (read
+    opcode by opcode: nothing is unpickled), or JSON that does not parse. Told apart by
+    content: Tune pickles some state into files named .json."""
+    try:
+        if data.startswith(b"\x80"):  # a pickle of protocol 2 or later
+            for _ in pickletools.genops(data):
+                pass
+        else:
+            json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, pickletools' "not enough data"
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def check_restorable(storage: Location, name: str, round_number: int) -> None:
+    """Refuse a round whose saved state Tune could not read.
+
+    Tune reads the experiment state, the searcher's and the callbacks' (the JSON and
+    pickle files at the top of the run's directory); when one is unreadable it logs the
+    failure and starts the round over, training every trial again. Local storage writes
+    whole files only (trainables.storage), so this finds state damaged otherwise.
+    """
+    directory = storage.join(name)
+    selector = pafs.FileSelector(directory, allow_not_found=True)
+    for info in storage.filesystem.get_file_info(selector):
+        if info.type != pafs.FileType.File or not info.base_name.endswith((".json", ".pkl")):
+            continue
+        with storage.filesystem.open_input_stream(info.path) as handle:
+            reason = unreadable(handle.read())
+        if reason:
+            raise RoundStateError(
+                f"round {round_number} cannot be resumed: its saved state {info.path} is unreadable ({reason}); "
+                "Tune would start the round over and train its trials again. Restore the file from a copy, "
+                "or start the search afresh under another search.name")
 
 
 def round_results(config: Config, location: Location, round_number: int, *,

@@ -9,6 +9,7 @@ scheme (``s3://``, say) is one entry here.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import uuid
 from collections.abc import Callable
@@ -86,6 +87,102 @@ class Location:
         return self.filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
+class _PublishOnClose(io.FileIO):
+    """A file written under a hidden partial name and renamed onto its target when
+    closed: a process killed while writing leaves the target as it was."""
+
+    def __init__(self, target: str) -> None:
+        directory, name = os.path.split(target)
+        # pyarrow's copy_files leaves the target's directories to the filesystem (GCS
+        # has none to make), so they are made here
+        os.makedirs(directory, exist_ok=True)
+        self._target = target
+        self._partial = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.partial")
+        super().__init__(self._partial, "wb")
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            # rename is atomic on POSIX; no fsync: the fault guarded against is a killed
+            # process (a driver, a trial), not a machine losing power
+            os.replace(self._partial, self._target)
+
+
+class AtomicLocalHandler(pafs.FileSystemHandler):
+    """The local filesystem, except that every file written appears whole or not at all.
+
+    Tune uploads its experiment state (and the study, the tables, the checkpoints) to
+    local storage by rewriting each file in place; a driver killed in the middle of that
+    leaves a truncated experiment state, which Tune cannot restore, and then, instead of
+    failing, starts the experiment over. On GCS an object appears only when its upload
+    ends, so local storage is made to behave the same.
+    """
+
+    def __init__(self) -> None:
+        self.fs = pafs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AtomicLocalHandler)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return "local"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to delete the contents of the filesystem's root")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        with self.fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
+            while chunk := source.read(COPY_CHUNK):
+                target.write(chunk)
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return pa.PythonFile(_PublishOnClose(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return self.fs.open_append_stream(path)
+
+
+COPY_CHUNK = 16 * 1024 * 1024
+
+
+def local_filesystem() -> pafs.FileSystem:
+    """The filesystem local storage is written through (see AtomicLocalHandler)."""
+    return pafs.PyFileSystem(AtomicLocalHandler())
+
+
 def scheme_of(uri: str) -> str | None:
     """``gs`` for ``gs://b/p``; None for a plain local path."""
     head, sep, _ = uri.partition("://")
@@ -115,7 +212,7 @@ def resolve(path: str) -> Location:
     if scheme not in (None, "file"):
         raise StorageError(f"{path!r}: unsupported storage; use {supported_schemes()}")
     local = os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
-    return Location(uri=local, filesystem=pafs.LocalFileSystem(), root=local)
+    return Location(uri=local, filesystem=local_filesystem(), root=local)
 
 
 def check_writable(location: Location) -> None:

@@ -14,21 +14,26 @@ time, "address": a running Ray to join, or null for a local Ray of the driver's 
 ``kill`` SIGKILLs the driver's
 process group (the driver, and the local Ray it started, if any) at the count-th ``start``,
 ``result`` or ``complete`` event Tune's callbacks see, before Tune's next experiment snapshot,
+or (``save``) halfway through writing the snapshot that follows the count-th result,
 first writing the event's trial id and epoch (null unless a result) to ``<ledger>.killed``.
 A run that is not killed prints the search's trials as JSON.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
+import pyarrow as pa
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 
@@ -37,7 +42,7 @@ from search.results import history_table
 from search import rounds, study
 from search.cli import summarise
 from search.run import METRIC, all_results, run_rounds
-from trainables.storage import resolve
+from trainables.storage import AtomicLocalHandler, resolve
 
 EPOCHS = 3
 
@@ -78,24 +83,68 @@ def make_standin(curve: list[float] | None, ledger: str, fail: dict | None = Non
     return standin
 
 
+class KillWhileSaving(AtomicLocalHandler):
+    """Local storage that, once armed, SIGKILLs this process group halfway through the
+    next experiment state Tune writes to it (in the driver only: trials get a copy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pid, self.armed = os.getpid(), False
+
+    def open_output_stream(self, path: str, metadata) -> pa.NativeFile:
+        stream = super().open_output_stream(path, metadata)
+        if self.armed and os.getpid() == self.pid and fnmatch.fnmatch(os.path.basename(path), STATE_FILES):
+            return pa.PythonFile(HalfThenKill(stream), mode="w")
+        return stream
+
+
+STATE_FILES = "experiment_state-*.json"  # Tune's experiment state
+
+
+class HalfThenKill:
+    """A stream that writes half of what it is first given, then SIGKILLs the group."""
+
+    def __init__(self, stream: pa.NativeFile) -> None:
+        self.stream, self.closed = stream, False
+
+    def write(self, data: bytes) -> int:
+        self.stream.write(bytes(data)[: len(data) // 2])
+        self.stream.flush()
+        os.killpg(0, signal.SIGKILL)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class KillAt(tune.Callback):
-    """SIGKILL this process group at the count-th event of a kind.
+    """SIGKILL this process group at the count-th event of a kind; at a ``save`` event,
+    the count-th result arms ``saving``, which kills halfway through the experiment state
+    Tune writes next.
 
     Tune keeps a run's callbacks in its saved state and restores them with it; only the
     driver that was given this one acts on it.
     """
 
-    def __init__(self, event: str, count: int, record: str) -> None:
+    def __init__(self, event: str, count: int, record: str, saving: KillWhileSaving | None = None) -> None:
         self.event, self.count, self.seen = event, count, 0
         self.record = record
+        self.saving = saving
         self.pid = os.getpid()
 
     def _tick(self, event: str, trial, epoch: int | None = None) -> None:
-        if event == self.event and os.getpid() == self.pid:
+        counted = "result" if self.event == "save" else self.event
+        if event == counted and os.getpid() == self.pid:
             self.seen += 1
             if self.seen == self.count:
                 Path(self.record).write_text(json.dumps({"trial_id": trial.trial_id, "epoch": epoch}))
-                os.killpg(0, signal.SIGKILL)
+                if self.event == "save":
+                    self.saving.armed = True
+                else:
+                    os.killpg(0, signal.SIGKILL)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._tick("start", trial)
@@ -111,6 +160,10 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     config = config_for(args)
     location = resolve(config.storage.path)
+    saving = None
+    if args["kill"] and args["kill"][0] == "save":
+        saving = KillWhileSaving()
+        location = replace(location, filesystem=pafs.PyFileSystem(saving))
     trainable = make_standin(args["curve"], args["ledger"], args.get("fail"))
     if args.get("address"):
         ray.init(address=args["address"], logging_level="ERROR")
@@ -122,7 +175,7 @@ def main() -> None:
             steps = rounds.next_steps(rounds.read(location, config.search.name), config.search.num_trials)
         else:
             steps = rounds.Steps(resume=None, add=rounds.Round(1, config.search.num_trials))
-        callbacks = [KillAt(*args["kill"], record=args["ledger"] + ".killed")] if args["kill"] else None
+        callbacks = [KillAt(*args["kill"], record=args["ledger"] + ".killed", saving=saving)] if args["kill"] else None
         grids = run_rounds(config, location, steps, trainable=trainable, callbacks=callbacks)
         results = all_results(config, location, grids, trainable=trainable)
     finally:

@@ -1,9 +1,15 @@
 """Storage resolution through pyarrow filesystems: the same contract for every scheme."""
 
+import signal
+import subprocess
+import sys
+import textwrap
+
 import pyarrow.fs as pafs
 import pytest
 
 from trainables.errors import InputError
+from support import REPO
 from trainables.storage import SCHEMES, StorageError, check_writable, is_supported, resolve, scheme_of
 
 
@@ -11,7 +17,7 @@ def test_local_paths_resolve_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     location = resolve("./experiments")
     assert location.uri == str(tmp_path / "experiments") == location.root
-    assert isinstance(location.filesystem, pafs.LocalFileSystem) and not location.is_remote
+    assert location.filesystem.type_name == "py::local" and not location.is_remote
     assert resolve(f"file://{tmp_path}").root == str(tmp_path)
 
 
@@ -43,6 +49,31 @@ def test_each_scheme_writes_reads_and_probes(storage_uri):
     assert location.exists(path)
     with location.filesystem.open_input_stream(path) as handle:
         assert handle.read() == b"hello"
+
+
+# A process that rewrites a file and is SIGKILLed halfway through the new content.
+KILLED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    import pyarrow.fs as pafs
+    from trainables.storage import resolve
+    path, through = sys.argv[1], sys.argv[2]
+    fs = resolve(path).filesystem if through == "storage" else pafs.LocalFileSystem()
+    out = fs.open_output_stream(path)
+    out.write(b"new-" * 1000)
+    out.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+@pytest.mark.parametrize("through,survives", [("storage", True), ("pyarrow", False)])
+def test_a_writer_killed_mid_file_leaves_the_local_file_as_it_was(tmp_path, through, survives):
+    """Local storage publishes a file only when it is closed (Tune's experiment state, the
+    study, the tables); pyarrow's own local filesystem, the control, leaves it cut short."""
+    path = tmp_path / "experiment_state.json"
+    path.write_bytes(b'{"old": true}')
+    writer = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), through], cwd=str(REPO))
+    assert writer.returncode == -signal.SIGKILL
+    assert (path.read_bytes() == b'{"old": true}') is survives, path.read_bytes()[:40]
 
 
 def test_unwritable_storage_is_refused(tmp_path):
