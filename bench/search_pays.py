@@ -13,7 +13,7 @@ sampler seed in every arm. For each seed the target is random+FIFO's final best
 validation accuracy minus 0.5 point; each arm's time to reach it is read off its anytime
 curve (best so far against wall time since the search started).
 
-    python bench/search_pays.py [--seeds 0 1 2] [--budget-s 240]
+    python bench/search_pays.py [--seeds 0 1 2] [--budget-s 240] [--image-size 32]
 
 Writes ``bench/results/search_pays.json`` (``ratio``: the median over seeds of
 tpe_asha's time to the target over random_fifo's; goal at most 1/3; an arm that never
@@ -47,12 +47,17 @@ TRIALS = 1000
 
 
 class Anytime(Callback):
-    """Tune callback: (seconds since the search started, validation accuracy) per epoch
+    """Tune callback: (seconds since Tune's run started, validation accuracy) per epoch
     result, in the order they reached the driver."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
         self.points: list[tuple[float, float]] = []
+
+    def setup(self, **info) -> None:
+        # the clock starts with Tune's run (and its time budget), not with the Ray start
+        # or the weights staged before it
+        self.start = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         from search.run import METRIC
@@ -92,11 +97,15 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "local_wide.yaml"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget-s", type=float, default=240.0)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="the side the model trains at (default: the config's data.image_size)")
     args = parser.parse_args()
 
     from search.config import config_to_dict, load_config
 
     base = config_to_dict(load_config(args.config))  # validated, defaults filled
+    if args.image_size:
+        base = {**base, "data": {**base["data"], "image_size": args.image_size}}
     per_seed = []
     for seed in args.seeds:
         runs = {}
@@ -119,23 +128,38 @@ def main() -> None:
         per_seed.append({"seed": seed, "target_val_accuracy": target, "ratio": ratio, "reached": mine is not None,
                          "arms": runs})
         print(f"seed {seed}: target {target}; tpe_asha {mine} s / random_fifo {baseline} s = {ratio}", flush=True)
+        # written after every seed: a run stopped later keeps the seeds it finished
+        ratio = write(args, base, per_seed, complete=len(per_seed) == len(args.seeds))
+    print(f"ratio (median over seeds, tpe_asha / random_fifo time to target): {ratio} (goal <= {GOAL:.3f}); "
+          f"wrote {RESULT}")
 
-    # an unreached target ranks above every reached ratio; a median that lands on one is null
+
+RESULT = ROOT / "bench" / "results" / "search_pays.json"
+
+
+def median_ratio(per_seed: list[dict]) -> float | None:
+    """The median over seeds of tpe_asha's time to the target over random_fifo's; an
+    unreached target ranks above every reached ratio, and a median that lands on one
+    is None."""
     ranked = sorted(per_seed, key=lambda e: math.inf if e["ratio"] is None else e["ratio"])
     middle = ranked[(len(ranked) - 1) // 2:len(ranked) // 2 + 1]
-    ratio = None if any(e["ratio"] is None for e in middle) else round(statistics.mean(e["ratio"] for e in middle), 3)
+    return None if any(e["ratio"] is None for e in middle) else round(statistics.mean(e["ratio"] for e in middle), 3)
+
+
+def write(args: argparse.Namespace, base: dict, per_seed: list[dict], *, complete: bool) -> float | None:
+    """Write the JSON and the curves of the seeds run so far; returns the ratio."""
+    ratio = median_ratio(per_seed)
     result = {
         "benchmark": "search_pays", "machine": machine(), "commit": commit(), "config": Path(args.config).name,
-        "arms": list(ARMS), "seeds": args.seeds, "budget_s": args.budget_s,
+        "image_size": base["data"]["image_size"], "arms": list(ARMS), "seeds": [e["seed"] for e in per_seed],
+        "seeds_planned": args.seeds, "complete": complete, "budget_s": args.budget_s,
         "max_concurrent_trials": base["search"]["max_concurrent_trials"], "tolerance": TOLERANCE,
         "per_seed": per_seed, "ratio": ratio, "ratio_reached": ratio is not None,
         "goal": f"ratio <= {GOAL:.3f}", "goal_met": ratio is not None and ratio <= GOAL,
     }
-    out = ROOT / "bench" / "results" / "search_pays.json"
-    out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    draw(per_seed, args.budget_s, out.with_suffix(".png"))
-    print(f"ratio (median over seeds, tpe_asha / random_fifo time to target): {ratio} (goal <= {GOAL:.3f}); "
-          f"wrote {out}")
+    RESULT.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    draw(per_seed, args.budget_s, RESULT.with_suffix(".png"))
+    return ratio
 
 
 COLOURS = {"tpe_asha": "tab:orange", "random_fifo": "tab:blue", "tpe_fifo": "tab:green", "random_asha": "tab:purple"}

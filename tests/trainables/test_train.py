@@ -7,9 +7,19 @@ import sys
 import pytest
 
 from trainables.checkpoint import read_state
-from trainables.train import phase_of, step_learning_rate, train_trial
+from trainables.schedule import learning_rate
+from trainables.train import phase_of, train_trial
 
 pytestmark = pytest.mark.slow
+
+
+def step_learning_rate(spec, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The rate the recipe gives one step, in Python: the head's constant, then the
+    phase-2 rule (the oracle for the rate the compiled step computed)."""
+    recipe = spec.recipe
+    if epoch < recipe.head_epochs:
+        return recipe.head_lr
+    return learning_rate(spec.schedule, epoch - recipe.head_epochs + step / steps_per_epoch)
 
 
 class Collect:

@@ -204,14 +204,6 @@ def convert(name: str, destination: str | Path, checkpoint: str | Path | None = 
     return destination
 
 
-def imagenet_classifier(name: str, checkpoint: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The checkpoint's ImageNet classifier as a Keras Dense layer's (kernel, bias)."""
-    from trainables.torch_legacy import read_state_dict
-
-    state = read_state_dict(checkpoint or wheel_checkpoint(name))
-    return state["_fc.weight"].T, state["_fc.bias"]
-
-
 def imagenet_file(name: str) -> str:
     return f"efficientnet_{name.lower()}_imagenet.weights.h5"
 
