@@ -69,6 +69,7 @@ def config_dict(epochs: int, storage: str, strategy: str = "mwms") -> dict:
 def bare(epochs: int, strategy: str) -> None:
     """The trial in this process, no Ray (run as a subprocess by main)."""
     from search.config import config_from_dict
+    from search.plan import plan_backbone
     from search.run import trial_spec
     from trainables.strategy import limit_threads, make_strategy
     from trainables.train import WorkerContext, train_trial
@@ -79,7 +80,7 @@ def bare(epochs: int, strategy: str) -> None:
     # without TF_CONFIG, MultiWorkerMirroredStrategy is one local worker
     context = WorkerContext(make_strategy(strategy))
     stamps = []
-    metrics = train_trial(trial_spec(config, SAMPLED),
+    metrics = train_trial(trial_spec(config, SAMPLED, plan_backbone(config, SAMPLED["backbone"])),
                           lambda m, d: (stamps.append(time.time()), shutil.rmtree(d)), context=context)
     print(json.dumps({"val_accuracy": metrics["val_accuracy"], "epoch_stamps": stamps}))
 

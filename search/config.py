@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,16 +18,14 @@ from typing import Any
 
 import yaml
 
-from trainables import strategy as strategies
+from search import strategies
+from search.shape import Shape
 from trainables.data import accepted_sources, find_source
 from trainables.errors import InputError
-from trainables.memory import ACCELERATOR_MEMORY_GIB
 from trainables.params import PARAMS, FloatRange, IntRange, bounds, upper
 from trainables.spec import MAX_SEED, DataConfig, RecipeConfig
 from trainables.storage import is_supported, supported_schemes
 
-# Ray's names for TPU generations (the ``accelerator_type`` of a TPU node).
-TPU_ACCELERATORS = ("TPU-V4", "TPU-V5P", "TPU-V5LITEPOD", "TPU-V6E")
 WEIGHTS = ("imagenet", "none")
 
 
@@ -76,26 +73,6 @@ class SearchConfig:
     # 1/reduction_factor.
     grace_epochs: int = field(default=3, metadata=bounds(1, 10000))
     reduction_factor: int = field(default=3, metadata=bounds(2, 100))
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What one trial of a backbone holds: its workers and their accelerators."""
-
-    strategy: str = "single"
-    workers: int = field(default=1, metadata=bounds(1, 4096))
-    cpus_per_worker: float = field(default=1.0, metadata=bounds(0.0, 1024.0, open_low=True))
-    gpus_per_worker: float = field(default=0.0, metadata=bounds(0.0, 16.0))
-    # tpu strategy: the chips of one TPU host, its generation and its slice topology.
-    tpu_chips_per_worker: int = field(default=4, metadata=bounds(1, 8))
-    tpu_accelerator: str = "TPU-V6E"
-    tpu_topology: str = "2x2"
-    # GPU workers: the GPU type, as GKE's cloud.google.com/gke-accelerator label names it
-    # (nvidia-l4, ...); its memory comes from trainables.memory.ACCELERATOR_MEMORY_GIB.
-    gpu_type: str | None = None
-    # Memory of one replica's device in GiB, overriding the table (or, on CPU workers,
-    # the memory a worker may use; unset: this machine's memory).
-    accelerator_memory_gib: float | None = field(default=None, metadata=bounds(0.0, 4096.0, open_low=True))
 
 
 # A per-backbone override: every Shape field, unset by default (inherits resources.*).
@@ -456,51 +433,18 @@ def _check_shape(shape: Shape, res: ResourcesConfig, path: str, batch_size: int)
     if shape.strategy not in strategies.STRATEGIES:
         raise ConfigError(f"{path}.strategy",
                           f"must be one of {', '.join(strategies.STRATEGIES)}, got {shape.strategy!r}")
-    kind = strategies.get(shape.strategy)
-    if kind.one_worker and shape.workers != 1:
+    strategy = strategies.of(shape)
+    if strategy.one_worker and shape.workers != 1:
         raise ConfigError(f"{path}.workers", f"the {shape.strategy} strategy runs 1 worker, got {shape.workers}")
-    if kind.accelerator == "tpu":
-        if shape.gpus_per_worker:
-            raise ConfigError(f"{path}.gpus_per_worker",
-                              f"must be 0 with the tpu strategy, got {shape.gpus_per_worker:g}")
-        if shape.tpu_accelerator not in TPU_ACCELERATORS:
-            raise ConfigError(
-                f"{path}.tpu_accelerator",
-                f"must be one of {', '.join(TPU_ACCELERATORS)}, got {shape.tpu_accelerator!r}",
-            )
-        if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){1,2}", shape.tpu_topology):
-            raise ConfigError(f"{path}.tpu_topology", f"must look like 2x2 or 2x2x1, got {shape.tpu_topology!r}")
-        chips = math.prod(int(d) for d in shape.tpu_topology.split("x"))
-        if chips != shape.tpu_chips_per_worker:
-            raise ConfigError(
-                f"{path}.tpu_topology",
-                f"a trial holds one whole single-host slice, so the topology must have tpu_chips_per_worker "
-                f"({shape.tpu_chips_per_worker}) chips; {shape.tpu_topology} has {chips}. Multi-host slices are not "
-                "supported (no TensorFlow multi-host TPU path runs under Ray): use e.g. 2x2 with 4 chips")
-    if shape.gpus_per_worker and kind.accelerator != "tpu":
-        if shape.gpu_type is None and shape.accelerator_memory_gib is None:
-            raise ConfigError(f"{path}.gpu_type", "GPU workers need their GPU type (e.g. nvidia-l4) "
-                                                  "or accelerator_memory_gib, to plan memory")
-        if shape.gpu_type is not None and shape.gpu_type not in ACCELERATOR_MEMORY_GIB \
-                and shape.accelerator_memory_gib is None:
-            raise ConfigError(f"{path}.gpu_type",
-                              f"unknown GPU {shape.gpu_type!r}: use one of "
-                              f"{', '.join(k for k in ACCELERATOR_MEMORY_GIB if not k.startswith('TPU'))} "
-                              "or set accelerator_memory_gib")
-    if res.xla and kind.accelerator != "tpu" and not shape.gpus_per_worker:
-        raise ConfigError("resources.xla", "XLA is for GPU and TPU workers; set gpus_per_worker or leave xla unset")
-    replicas = replicas_of(shape)
+    for name, message in strategy.problems(shape, xla=res.xla):
+        # xla is a section-wide setting; the others are the shape's own
+        raise ConfigError("resources.xla" if name == "xla" else f"{path}.{name}", message)
+    replicas = strategy.replicas(shape)
     if batch_size % replicas:
         raise ConfigError(
             "recipe.batch_size",
             f"the global batch must divide evenly over {replicas} replicas ({path}), got {batch_size}",
         )
-
-
-def replicas_of(shape: Shape) -> int:
-    """How many replicas share a trial's global batch: one per worker, or one per chip of
-    a TPU host."""
-    return shape.tpu_chips_per_worker if strategies.get(shape.strategy).accelerator == "tpu" else shape.workers
 
 
 def _looks_like_path(value: str) -> bool:

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from search import strategies
 from search.config import ResourcesConfig, Shape
 from search.best import KEEP_LATEST, BestKeeper
-from search.resources import worker_bundle, worker_precision
-from trainables import strategy as strategies
 from trainables.spec import TrialSpec
+from trainables.strategy import Precision
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -54,23 +54,9 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 
 def scaling_config(shape: Shape) -> Any:
-    """Ray Train's worker group for one trial: N CPU/GPU workers, or one TPU host.
-
-    A TPU trial holds one whole single-host slice (``search.config`` checks that its
-    topology has exactly the host's chips) and asks for ``TPU`` chips and CPUs only.
-    ``accelerator_type``/``topology`` are left out on purpose: Ray Train would add an
-    ``accelerator_type:TPU-...`` key to every bundle (or reserve a slice head), which
-    KubeRay's autoscaler never sees on a node type, so a TPU group could never scale
-    up from zero for it (kuberay#863; ``cluster.autoscaling``).
-    """
-    import ray.train
-
-    per_worker = worker_bundle(shape)
-    if strategies.get(shape.strategy).accelerator == "tpu":
-        return ray.train.ScalingConfig(num_workers=1, use_tpu=True, resources_per_worker=per_worker)
-    return ray.train.ScalingConfig(
-        num_workers=shape.workers, use_gpu=bool(shape.gpus_per_worker), resources_per_worker=per_worker
-    )
+    """Ray Train's worker group for one trial, as its strategy declares it
+    (search.strategies: N CPU/GPU workers, or one whole TPU host)."""
+    return strategies.of(shape).scaling_config(shape)
 
 
 def worker_group_bundles(shape: Shape) -> list[dict[str, float]]:
@@ -150,6 +136,7 @@ def make_trainer(
     spec: TrialSpec,
     resources: ResourcesConfig,
     *,
+    precision: Precision,
     name: str,
     storage_path: str,
     storage_filesystem: Any = None,
@@ -177,7 +164,7 @@ def make_trainer(
             "spec": spec,
             "strategy": shape.strategy,
             "cpus_per_worker": shape.cpus_per_worker,
-            "precision": worker_precision(resources, shape),
+            "precision": precision,
             "steps_per_execution": resources.steps_per_execution,
             # (experiment URI, trial id): rank 0 keeps the best epoch's checkpoint there
             "keep_best": keep_best,

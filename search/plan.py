@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search.config import Config, ConfigError, Shape, replicas_of, space_value
+from search import strategies
+from search.config import Config, ConfigError, Shape, space_value
 from trainables import backbones
 from trainables import memory
-from trainables import strategy as strategies
 from trainables.spec import batchnorm_frozen
-from trainables.strategy import precision_for
+from trainables.strategy import Precision
 
 
 @dataclass(frozen=True)
@@ -30,39 +30,25 @@ class BackbonePlan:
     estimate_mib: float  # one replica's step at its micro-batch (or at one image when none fits)
     capacity_mib: float
     device: str
+    precision: Precision  # what every replica trains in
 
     @property
     def fits(self) -> bool:
         return self.micro_batches is not None
 
 
-def device_of(shape: Shape) -> tuple[str, float]:
-    """The device one replica runs on, and its memory in MiB."""
-    kind = strategies.get(shape.strategy)
-    if kind.accelerator == "tpu":
-        name = f"{shape.tpu_accelerator} chip"
-        gib = shape.accelerator_memory_gib or memory.ACCELERATOR_MEMORY_GIB[shape.tpu_accelerator]
-        return name, memory.gib_to_mib(gib)
-    if shape.gpus_per_worker:  # config validation ensured a known type or an explicit size
-        gib = shape.accelerator_memory_gib or memory.ACCELERATOR_MEMORY_GIB[shape.gpu_type]
-        return shape.gpu_type or "GPU", memory.gib_to_mib(gib)
-    if shape.accelerator_memory_gib:
-        return "CPU", memory.gib_to_mib(shape.accelerator_memory_gib)
-    return "CPU (this machine)", memory.host_memory_mib()
-
-
 def plan_backbone(config: Config, backbone: str) -> BackbonePlan:
     shape = config.resources.shape_for(backbone)
     side = backbones.input_resolution(backbone, config.data.image_size)
-    replicas = replicas_of(shape)
+    strategy = strategies.of(shape)
+    replicas = strategy.replicas(shape)
     per_replica = config.recipe.batch_size // replicas
-    precision = precision_for(shape.strategy, gpus=shape.gpus_per_worker,
-                              mixed_precision=config.resources.mixed_precision, xla=config.resources.xla)
+    precision = strategy.precision(shape, mixed_precision=config.resources.mixed_precision, xla=config.resources.xla)
     cost = memory.step_cost(backbone, side, mixed_precision=precision.policy != "float32")
-    device, capacity = device_of(shape)
+    device, capacity = strategy.device(shape)
     k = memory.micro_batches(per_replica, cost, capacity)
     estimate = cost.at(per_replica // k if k else 1)
-    return BackbonePlan(backbone, shape, side, replicas, per_replica, k, estimate, capacity, device)
+    return BackbonePlan(backbone, shape, side, replicas, per_replica, k, estimate, capacity, device, precision)
 
 
 def make_plan(config: Config) -> list[BackbonePlan]:
@@ -97,8 +83,7 @@ def table_markdown(plans: list[BackbonePlan]) -> str:
     for p in plans:
         micro = str(p.micro_batches) if p.fits else "-"
         shown = f"{p.estimate_mib / 1024:.1f} / {p.capacity_mib / 1024:.0f} GiB"
-        per_worker = (f"{p.shape.tpu_chips_per_worker} {p.shape.tpu_accelerator} chips"
-                      if strategies.get(p.shape.strategy).accelerator == "tpu" else p.device)
+        per_worker = strategies.of(p.shape).worker_label(p.shape)
         lines.append(f"| {p.backbone} | {p.side} | {p.shape.strategy} | {p.shape.workers} x {per_worker} | {p.replicas} "
                      f"| {p.per_replica_batch} | {micro} | {shown} | {'yes' if p.fits else 'NO'} |")
     return "\n".join(lines) + "\n"

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from search.config import Config, ResourcesConfig, Shape
-from trainables import strategy as strategies
-from trainables.strategy import Precision, precision_for
+from search import strategies
 
 # The trial function of a distributed trial only waits for its workers; it must hold
 # almost nothing or on a small machine the workers never fit (0 is rejected by Ray).
@@ -23,23 +22,18 @@ DRIVER_CPU = 0.01
 
 def worker_bundle(shape: Shape) -> dict[str, float]:
     """What one worker of a trial of this shape holds (Ray resource names)."""
-    bundle = {"CPU": shape.cpus_per_worker}
-    if shape.gpus_per_worker:
-        bundle["GPU"] = shape.gpus_per_worker
-    if strategies.get(shape.strategy).accelerator == "tpu":
-        bundle["TPU"] = float(shape.tpu_chips_per_worker)
-    return bundle
+    return strategies.of(shape).worker_bundle(shape)
 
 
 def any_distributed(config: Config) -> bool:
     """Whether some backbone's trials run as Ray Train jobs (mwms, tpu)."""
-    return any(strategies.get(config.resources.shape_for(b).strategy).distributed for b in config.space.backbones)
+    return any(strategies.of(config.resources.shape_for(b)).distributed for b in config.space.backbones)
 
 
 def trial_total(shape: Shape) -> dict[str, float]:
     """Everything one trial holds: its workers, plus the waiting trial function."""
     total = {k: v * shape.workers for k, v in worker_bundle(shape).items()}
-    if strategies.get(shape.strategy).distributed:
+    if strategies.of(shape).distributed:
         total["CPU"] = total.get("CPU", 0.0) + DRIVER_CPU
     return total
 
@@ -55,21 +49,11 @@ def trial_resources(config: Config) -> Callable[[dict[str, Any]], Any]:
 
     def resources(sampled: dict[str, Any]) -> Any:
         shape = config.resources.shape_for(sampled["backbone"])
-        if strategies.get(shape.strategy).distributed:
+        if strategies.of(shape).distributed:
             return PlacementGroupFactory([{"CPU": DRIVER_CPU}])
         return PlacementGroupFactory([worker_bundle(shape)])
 
     return resources
-
-
-def worker_precision(resources: ResourcesConfig, shape: Shape) -> Precision:
-    """The precision every worker of a trial of ``shape`` trains in."""
-    return precision_for(
-        shape.strategy,
-        gpus=shape.gpus_per_worker,
-        mixed_precision=resources.mixed_precision,
-        xla=resources.xla,
-    )
 
 
 def shortfalls(shape: Shape, cluster: dict[str, float], node_resources: list[dict[str, float]]) -> list[str]:

@@ -17,13 +17,12 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search.config import Config
-from search import rounds, study
+from search import rounds, strategies, study
 from search.best import KEEP_LATEST, BestKeeper
-from search.plan import plan_backbone
-from search.resources import any_distributed, trial_resources, worker_precision
+from search.plan import BackbonePlan, make_plan
+from search.resources import any_distributed, trial_resources
 from search.space import param_space
 from search.study import StudySearch, UploadStudy
-from trainables import strategy as strategies
 from trainables.checkpoint import resume_directory
 from trainables.errors import HpsearchError
 from trainables.metrics import FINETUNE_EPOCH, VAL_ACCURACY
@@ -39,11 +38,17 @@ MODE = "max"
 TIME_ATTR = FINETUNE_EPOCH  # ASHA counts fine-tuning epochs (trainables.metrics)
 
 
-def trial_spec(config: Config, sampled: dict[str, Any]) -> TrialSpec:
+def trial_plans(config: Config) -> dict[str, BackbonePlan]:
+    """Each backbone's plan (micro-batches, precision: search.plan), made once by the
+    driver and handed to every trial of that backbone."""
+    return {plan.backbone: plan for plan in make_plan(config)}
+
+
+def trial_spec(config: Config, sampled: dict[str, Any], plan: BackbonePlan) -> TrialSpec:
     """One trial's spec: the config's data and recipe sections, its sampled values, and
     the micro-batches its backbone's plan needs to fit a step on its device."""
     hp = hyperparams_from(sampled)
-    micro_batches = plan_backbone(config, hp.backbone).micro_batches or 1
+    micro_batches = plan.micro_batches or 1
     weights_root = config.storage.path if config.recipe.weights == "imagenet" else None
     return TrialSpec(config.data, config.recipe, hp, seed=config.search.seed, micro_batches=micro_batches,
                      weights_root=weights_root)
@@ -80,16 +85,17 @@ def make_scheduler(config: Config) -> ASHAScheduler:
     )
 
 
-def run_trial(sampled: dict[str, Any], *, config: Config, experiment_uri: str) -> None:
-    """Tune's trial function: runs the trial by its backbone's strategy."""
-    shape = config.resources.shape_for(sampled["backbone"])
-    if strategies.get(shape.strategy).distributed:
-        train_distributed(sampled, config=config, experiment_uri=experiment_uri)
+def run_trial(sampled: dict[str, Any], *, config: Config, experiment_uri: str,
+              plans: dict[str, BackbonePlan]) -> None:
+    """Tune's trial function: runs the trial by its backbone's strategy and plan."""
+    plan = plans[sampled["backbone"]]
+    if strategies.of(plan.shape).distributed:
+        train_distributed(sampled, config=config, experiment_uri=experiment_uri, plan=plan)
     else:
-        train_here(sampled, config=config, experiment_uri=experiment_uri)
+        train_here(sampled, config=config, experiment_uri=experiment_uri, plan=plan)
 
 
-def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) -> None:
+def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str, plan: BackbonePlan) -> None:
     """A single-strategy trial: it trains in this (the trial's) process.
 
     Resumes from Tune's checkpoint when the trial is restored (a retried failure or a
@@ -104,10 +110,9 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) 
     from trainables.reporting import InBackground
     from trainables.train import WorkerContext, train_trial
 
-    spec = trial_spec(config, sampled)
-    shape = config.resources.shape_for(spec.hp.backbone)
-    limit_threads(shape.cpus_per_worker)
-    context = WorkerContext(precision=worker_precision(config.resources, shape),
+    spec = trial_spec(config, sampled, plan)
+    limit_threads(plan.shape.cpus_per_worker)
+    context = WorkerContext(precision=plan.precision,
                             steps_per_execution=config.resources.steps_per_execution)
     best = BestKeeper(experiment_uri, tune.get_context().get_trial_id())
 
@@ -132,7 +137,7 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str) 
 TRAIN_RUNS = "train_runs"
 
 
-def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri: str) -> None:
+def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri: str, plan: BackbonePlan) -> None:
     """An mwms or tpu trial: it starts a Ray Train job of the trial's workers and waits
     for it.
 
@@ -148,15 +153,16 @@ def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri
     location = resolve(experiment_uri)
     trial_id = tune.get_context().get_trial_id()
     trainer = make_trainer(
-        trial_spec(config, sampled),
+        trial_spec(config, sampled, plan),
         config.resources,
+        precision=plan.precision,
         name=trial_id,
         keep_best=(experiment_uri, trial_id),
         storage_path=location.join(TRAIN_RUNS),
         storage_filesystem=location.filesystem,
         callbacks=[TuneReportCallback()],
     )
-    with placement_wait(config.resources.shape_for(sampled["backbone"]), config.resources.placement_timeout_s):
+    with placement_wait(plan.shape, config.resources.placement_timeout_s):
         trainer.fit()
 
 
@@ -167,7 +173,8 @@ def make_trainable(config: Config, location: Location) -> Any:
     CPUs and GPUs. A distributed trial's process only waits for its Ray Train workers,
     which hold the resources, so it takes almost nothing.
     """
-    bound = tune.with_parameters(run_trial, config=config, experiment_uri=experiment_path(config, location))
+    bound = tune.with_parameters(run_trial, config=config, experiment_uri=experiment_path(config, location),
+                                 plans=trial_plans(config))
     return tune.with_resources(bound, trial_resources(config))
 
 

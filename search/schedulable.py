@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.autoscaling import Bundle, LaunchPlan, describe_groups, plan_launch
+from search import strategies
 from search.config import Config
 from search.distributed import worker_group_bundles
 from search.resources import trial_resources
-from trainables import strategy as strategies
 
 
 def trial_placement_groups(config: Config, backbone: str) -> list[list[Bundle]]:
@@ -25,7 +25,7 @@ def trial_placement_groups(config: Config, backbone: str) -> list[list[Bundle]]:
     asks: the trial function's, then its worker group's (distributed strategies)."""
     groups = [[dict(b) for b in trial_resources(config)({"backbone": backbone}).bundles]]
     shape = config.resources.shape_for(backbone)
-    if strategies.get(shape.strategy).distributed:
+    if strategies.of(shape).distributed:
         groups.append(worker_group_bundles(shape))
     return groups
 

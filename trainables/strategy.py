@@ -1,10 +1,14 @@
-"""Which tf.distribute strategy a worker trains under, and its numeric precision.
+"""Inside a worker: the tf.distribute strategy it trains under, its numeric precision
+and its thread pools.
+
+What each strategy asks of the cluster, and which precision it trains in, is declared
+in ``search.strategies``; this module holds only what runs in the worker.
 
 - ``single``: one process, TensorFlow's default strategy (laptops, the offline default).
 - ``mwms``: MultiWorkerMirroredStrategy; the trial's Ray Train backend sets TF_CONFIG on
   every worker, and each worker reads its own shard.
 - ``tpu``: TPUStrategy on the TPU host this worker holds (``TPUClusterResolver(tpu=
-  "local")``), in bfloat16.
+  "local")``).
 """
 
 from __future__ import annotations
@@ -21,46 +25,11 @@ class TPUUnavailableError(InputError):
 
 
 @dataclass(frozen=True)
-class StrategyKind:
-    """One way a trial trains.
-
-    Attributes:
-        name: ``resources.strategy`` in a config.
-        distributed: the trial runs as a Ray Train job of its workers (Tune's trial
-            process only waits); otherwise it trains in the trial's own process.
-        one_worker: the strategy runs exactly one worker per trial.
-        accelerator: "tpu" when a worker holds a TPU host, else None (CPUs, GPUs).
-        make: builds the ``tf.distribute`` strategy inside a worker.
-    """
-
-    name: str
-    distributed: bool
-    one_worker: bool
-    accelerator: str | None
-    make: Callable[[], Any]
-
-
-@dataclass(frozen=True)
 class Precision:
     """Keras mixed-precision policy and XLA compilation of the training step."""
 
     policy: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16"
     jit_compile: bool = False
-
-
-def precision_for(
-    kind: str, *, gpus: float, mixed_precision: bool | None = None, xla: bool | None = None
-) -> Precision:
-    """The precision rule: bfloat16 on TPUs; float16 on GPUs; float32 on CPUs, where
-    reduced precision is slower, not faster. XLA on GPUs (TPUStrategy always compiles
-    with XLA). ``None`` means on; ``False`` turns either off."""
-    mixed_precision = mixed_precision is not False
-    xla = xla is not False
-    if get(kind).accelerator == "tpu":
-        return Precision("mixed_bfloat16" if mixed_precision else "float32", jit_compile=False)
-    if gpus > 0:
-        return Precision("mixed_float16" if mixed_precision else "float32", jit_compile=xla)
-    return Precision("float32", jit_compile=False)
 
 
 def limit_threads(cpus: float) -> None:
@@ -109,34 +78,18 @@ def _tpu() -> Any:
     return tf.distribute.TPUStrategy(resolver)
 
 
-# The registry: config validation, the CLI's help and the search's choice of trial
-# function read it. A tpu trial is one TPU host (TPUClusterResolver(tpu="local")):
-# multi-host slices would need a slice-wide resolver.
-STRATEGIES: dict[str, StrategyKind] = {
-    kind.name: kind
-    for kind in (
-        StrategyKind("single", distributed=False, one_worker=True, accelerator=None, make=_default),
-        StrategyKind("mwms", distributed=True, one_worker=False, accelerator=None, make=_mwms),
-        StrategyKind("tpu", distributed=True, one_worker=True, accelerator="tpu", make=_tpu),
-    )
-}
-
-
-def get(name: str) -> StrategyKind:
-    """The strategy kind called ``name``.
-
-    Raises:
-        InputError: an unknown name; the message lists the known ones.
-    """
-    if name not in STRATEGIES:
-        raise InputError(f"resources.strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
-    return STRATEGIES[name]
+# Each strategy's constructor, by its name in ``resources.strategy`` (search.strategies
+# declares the rest of what each one is).
+CONSTRUCTORS: dict[str, Callable[[], Any]] = {"single": _default, "mwms": _mwms, "tpu": _tpu}
 
 
 def make_strategy(name: str) -> Any:
     """Build the strategy for this worker (call once, before any TensorFlow op).
 
     Raises:
+        InputError: an unknown name.
         TPUUnavailableError: ``tpu`` on a host where TensorFlow finds no TPU.
     """
-    return get(name).make()
+    if name not in CONSTRUCTORS:
+        raise InputError(f"resources.strategy must be one of {', '.join(CONSTRUCTORS)}, got {name!r}")
+    return CONSTRUCTORS[name]()

@@ -20,7 +20,7 @@ from ray import tune
 
 from search.config import Config
 from search.distributed import scaling_config
-from trainables import strategy as strategies
+from search import strategies
 
 
 def _record(ledger: str, name: str, **facts) -> None:

@@ -1,4 +1,6 @@
-"""Strategy choice and precision rule: one test per registered strategy kind."""
+"""Each strategy's tf.distribute constructor, in a fresh process per strategy (what each
+strategy asks of the cluster, and its precision, are tested in
+tests/search/test_strategies.py)."""
 
 import subprocess
 import sys
@@ -6,28 +8,12 @@ import sys
 import pytest
 
 from trainables.errors import InputError
-from trainables.strategy import STRATEGIES, precision_for
+from trainables.strategy import make_strategy
 
 
-@pytest.fixture(params=list(STRATEGIES))
-def kind(request):
-    return request.param
-
-
-def test_precision_rule_for_each_kind(kind):
-    cpu = precision_for(kind, gpus=0, mixed_precision=True, xla=True)
-    gpu = precision_for(kind, gpus=1, mixed_precision=True, xla=True)
-    if kind == "tpu":
-        assert cpu.policy == gpu.policy == "mixed_bfloat16"
-    else:
-        assert cpu.policy == "float32" and not cpu.jit_compile
-        assert gpu.policy == "mixed_float16" and gpu.jit_compile
-    assert precision_for(kind, gpus=1, mixed_precision=False, xla=False).policy == "float32"
-
-
-def test_unknown_kind():
-    with pytest.raises(InputError, match="strategy must be one of"):
-        precision_for("horovod", gpus=0, mixed_precision=True, xla=True)
+def test_an_unknown_strategy_is_bad_input_naming_the_known_ones():
+    with pytest.raises(InputError, match="resources.strategy must be one of single, mwms, tpu, got 'horovod'"):
+        make_strategy("horovod")
 
 
 def test_strategy_for_each_kind_in_a_fresh_process():
