@@ -1,10 +1,12 @@
 """The search: what the driver does, from a config file to a finished experiment.
 
 - ``cli``, ``__main__``: the ``hpsearch`` command; parses arguments and calls the rest.
-- ``config``: the YAML file as typed, validated dataclasses; ``space``: its searched
-  parameters as Tune domains.
-- ``plan``, ``resources``, ``schedulable``: each backbone's trial shape and memory, and
-  whether the cluster can ever hold it.
+- ``config``: the YAML file as typed, validated dataclasses (``shape``: a trial's
+  resources fields); ``schema``: its JSON Schema; ``space``: its searched parameters as
+  Tune domains.
+- ``strategies``: what each training strategy asks of the cluster and does; ``plan``,
+  ``resources``, ``schedulable``: each backbone's trial shape and memory, and whether
+  the cluster can ever hold it.
 - ``connect``: which Ray the search runs on; ``lease``: one driver per experiment;
   ``signals``: SIGTERM and SIGINT as Tune's graceful stop.
 - ``run``: the Tuner (TPE sampler, ASHA, the trial function); ``distributed`` and

@@ -373,7 +373,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_show_config(args: argparse.Namespace) -> int:
-    """Validate a config and print it with every default filled in."""
+    """Validate a config and print it with every default filled in; with ``--schema``,
+    print the JSON Schema of a config file instead."""
+    if args.schema:
+        from search.schema import schema_text
+
+        print(schema_text(), end="")
+        return 0
     import yaml
 
     print(yaml.safe_dump(config_to_dict(load_config(args.config or DEFAULT_CONFIG)), sort_keys=False), end="")
@@ -434,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("config", help="validate a config and print it with defaults filled in")
     show.add_argument("--config", help="YAML config (default: configs/local.yaml)")
+    show.add_argument("--schema", action="store_true",
+                      help="print the JSON Schema of a config file (configs/hpsearch.schema.json), for editors")
     show.set_defaults(func=cmd_show_config)
 
     from search.stage import DEFAULT_SHARD_SIZE

@@ -43,7 +43,7 @@ class ConfigError(InputError):
 # range or a tuple of choices to search, or one value to fix. Derived, never listed here.
 SpaceConfig = dataclasses.make_dataclass(
     "SpaceConfig",
-    [(p.config_name, p.config_type, field(default=p.space, metadata={"bounds": p.bounds} if p.bounds else {}))
+    [(p.config_name, p.config_type, field(default=p.space, metadata={"bounds": p.bounds, "doc": p.doc}))
      for p in PARAMS],
     frozen=True,
 )

@@ -2,11 +2,11 @@
 
 :class:`Hyperparams` is the table: one field per parameter the search may sample, whose
 metadata gives its kind (from the field's type), the recipe's value (the field's
-default), the default search range, hard bounds, log scale and which part of a trial
-consumes it. Everything else derives from it: the config's ``space`` section
-(``search.config``), the Tune domains and through them Optuna's distributions
-(``search.space``), the sampled part of a trial's spec (:class:`Hyperparams` itself),
-the columns of the trials table and the report's plots.
+default), the default search range, hard bounds, log scale and its description.
+Everything else derives from it: the config's ``space`` section (``search.config``) and
+its JSON Schema (``search.schema``), the Tune domains and through them Optuna's
+distributions (``search.space``), the sampled part of a trial's spec
+(:class:`Hyperparams` itself), the columns of the trials table and the report's plots.
 
 A parameter whose space is a single value (``unfreeze_fraction: 1.0``) is fixed; a range
 (``{low: 0.25, high: 1.0}``) makes it searched.
@@ -69,12 +69,10 @@ class Param:
 
     name: str  # the trial's name for it (a Tune config key, a trials-table column)
     kind: str  # "choice", "float" or "int"
-    value: Any  # the recipe's value
     space: Any  # default space: a range, a tuple of choices, or one fixed value
     bounds: Bounds | None
     log: bool  # plotted and searched on a log scale by default
-    consumer: str  # "model", "augment" or "schedule"
-    doc: str
+    doc: str  # the config schema's description of it (search.schema)
     config_name: str  # its key in the config's space section
     choices: Callable[[], tuple[str, ...]] | None = None  # allowed values of a choice
 
@@ -84,9 +82,9 @@ class Param:
         return {"choice": tuple[str, ...], "float": FloatRange | float, "int": IntRange | int}[self.kind]
 
 
-def _param(*, value: Any, space: Any, consumer: str, doc: str, bounds: Bounds | None = None,
+def _param(*, value: Any, space: Any, doc: str, bounds: Bounds | None = None,
            config_name: str | None = None, choices: Callable[[], tuple[str, ...]] | None = None) -> Any:
-    meta = {"space": space, "consumer": consumer, "doc": doc, "bounds": bounds,
+    meta = {"space": space, "doc": doc, "bounds": bounds,
             "config_name": config_name, "choices": choices}
     return field(default=value, metadata={"param": meta})
 
@@ -100,24 +98,23 @@ class Hyperparams:
 
     backbone: str = _param(
         value="B0", space=backbones.DEFAULT_SPACE, choices=lambda: tuple(backbones.BACKBONES),
-        config_name="backbones", consumer="model", doc="backbones to choose from")
+        config_name="backbones", doc="backbones to choose from")
     cutout_fraction: float = _param(
-        value=0.4, space=FloatRange(0.1, 0.5), bounds=Bounds(0.0, 1.0), consumer="augment",
+        value=0.4, space=FloatRange(0.1, 0.5), bounds=Bounds(0.0, 1.0),
         doc="side of each Cutout square as a fraction of the image side (article: 0.4)")
     cutout_count: int = _param(
-        value=2, space=IntRange(0, 3), bounds=Bounds(0, 16), consumer="augment",
+        value=2, space=IntRange(0, 3), bounds=Bounds(0, 16),
         doc="Cutout squares per image (article: 2)")
     dropout: float = _param(
-        value=0.5, space=FloatRange(0.2, 0.6), bounds=Bounds(0.0, 0.95), consumer="model",
+        value=0.5, space=FloatRange(0.2, 0.6), bounds=Bounds(0.0, 0.95),
         doc="dropout before the classifier (article: 0.5)")
     warmup_epochs: int = _param(
-        value=10, space=IntRange(2, 10), bounds=Bounds(0, 1000), consumer="schedule",
+        value=10, space=IntRange(2, 10), bounds=Bounds(0, 1000),
         doc="cosine warmup length of phase 2 (article: 10)")
     max_lr: float = _param(
-        value=0.025, space=FloatRange(0.005, 0.1, log=True), bounds=Bounds(0.0, 10.0, open_low=True),
-        consumer="schedule", doc="peak learning rate of phase 2 (article: 0.025 at batch 200)")
+        value=0.025, space=FloatRange(0.005, 0.1, log=True), bounds=Bounds(0.0, 10.0, open_low=True), doc="peak learning rate of phase 2 (article: 0.025 at batch 200)")
     unfreeze_fraction: float = _param(
-        value=1.0, space=1.0, bounds=Bounds(0.0, 1.0, open_low=True), consumer="model",
+        value=1.0, space=1.0, bounds=Bounds(0.0, 1.0, open_low=True),
         doc="share of the backbone's top blocks trained in phase 2; 1.0 trains all (docs/recipe.md section 2)")
 
 
@@ -132,8 +129,8 @@ def _table() -> tuple[Param, ...]:
         meta = f.metadata["param"]
         space = meta["space"]
         rows.append(Param(
-            name=f.name, kind=_kind(hints[f.name]), value=f.default, space=space, bounds=meta["bounds"],
-            log=bool(getattr(space, "log", False)), consumer=meta["consumer"], doc=meta["doc"],
+            name=f.name, kind=_kind(hints[f.name]), space=space, bounds=meta["bounds"],
+            log=bool(getattr(space, "log", False)), doc=meta["doc"],
             config_name=meta["config_name"] or f.name, choices=meta["choices"],
         ))
     return tuple(rows)
