@@ -1,6 +1,8 @@
 """The search: what the driver does, from a config file to a finished experiment.
 
 - ``cli``, ``__main__``: the ``hpsearch`` command; parses arguments and calls the rest.
+- ``experiment``: a search's lifecycle (checks, lease, new or resumed rounds, summary);
+  ``layout``: every file and folder of an experiment's directory, declared once.
 - ``config``: the YAML file as typed, validated dataclasses (``shape``: a trial's
   resources fields); ``schema``: its JSON Schema; ``space``: its searched parameters as
   Tune domains.

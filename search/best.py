@@ -20,11 +20,11 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from search.layout import BEST_DIR
 from trainables.checkpoint import STATE_FILE
 from trainables.metrics import VAL_ACCURACY
 from trainables.storage import Location, resolve
 
-BEST_DIR = "best"
 # Checkpoints Tune (and Ray Train) keep per trial: the latest ones, by time. The
 # checkpoint Tune's last experiment snapshot names as a trial's latest is deleted only
 # once this many newer ones exist, and Tune forces a snapshot as soon as a trial has

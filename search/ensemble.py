@@ -19,18 +19,16 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from search.results import TRIALS_PARQUET
+from search.layout import ENSEMBLE_DIR, TRIALS_PARQUET
+from search.layout import ENSEMBLE_MANIFEST as MANIFEST
+from search.layout import ENSEMBLE_MODEL as MODEL_FILE
+from search.layout import ENSEMBLE_TABLE_CSV as TABLE_CSV
+from search.layout import ENSEMBLE_TABLE_MD as TABLE_MD
 from trainables.errors import HpsearchError
 from trainables.params import NAMES
 from trainables.storage import Location
 
 log = logging.getLogger(__name__)
-
-ENSEMBLE_DIR = "ensemble"
-TABLE_CSV = "ensemble_table.csv"
-TABLE_MD = "ensemble_table.md"
-MODEL_FILE = "ensemble.keras"
-MANIFEST = "manifest.json"
 
 
 class EnsembleError(HpsearchError):

@@ -38,12 +38,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from search.layout import LEASE_FILE
 from trainables.errors import InputError
 from trainables.storage import Location
 
 log = logging.getLogger(__name__)
 
-LEASE_FILE = "driver.lease"
 # GCS requests the lease makes must answer within this many seconds.
 REQUEST_TIMEOUT_S = 10.0
 

@@ -19,8 +19,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from search.config import SpaceConfig, config_from_dict
-from search.ensemble import ENSEMBLE_DIR, TABLE_MD
-from search.results import CONFIG_JSON, HISTORY_PARQUET, TRIALS_PARQUET, latest_per_epoch
+from search.layout import CONFIG_JSON, ENSEMBLE_DIR, HISTORY_PARQUET, REPORT_DIR, TRIALS_PARQUET
+from search.layout import ENSEMBLE_TABLE_MD as TABLE_MD
+from search.results import latest_per_epoch
 from search.space import distributions
 from trainables import backbones
 from trainables.errors import HpsearchError
@@ -28,8 +29,6 @@ from trainables.params import PARAMS
 from trainables.storage import Location
 
 log = logging.getLogger(__name__)
-
-REPORT_DIR = "report"
 
 
 def backbone_colour(name: str) -> str:

@@ -20,16 +20,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from search.layout import BEST_JSON, CONFIG_JSON, HISTORY_PARQUET, TRIALS_CSV, TRIALS_PARQUET
 from trainables.metrics import ATTEMPT, DIVERGED
 from trainables.params import NAMES
 from trainables.storage import Location
 
-TRIALS_PARQUET = "trials.parquet"
-TRIALS_CSV = "trials.csv"
-HISTORY_PARQUET = "history.parquet"
-BEST_JSON = "best_config.json"
-# The search's own config, written when it starts (the report rebuilds the space from it).
-CONFIG_JSON = "search_config.json"
 # Tune's per-trial CSV of every report (beside its result.json).
 PROGRESS_CSV = "progress.csv"
 # The metric under which Ray Train's TuneReportCallback forwards a checkpoint's path.

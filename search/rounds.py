@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 
+from search.layout import ROUNDS_DIR, ROUNDS_JSON
 from trainables.storage import Location, resolve
-
-ROUNDS_JSON = "rounds.json"
-ROUNDS_DIR = "rounds"
 
 
 @dataclass(frozen=True)

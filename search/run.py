@@ -23,6 +23,7 @@ from search.plan import BackbonePlan, make_plan
 from search.resources import any_distributed, trial_resources
 from search.space import param_space
 from search.study import StudySearch, UploadStudy
+from search.layout import TRAIN_RUNS
 from trainables.checkpoint import resume_directory
 from trainables.errors import HpsearchError
 from trainables.metrics import FINETUNE_EPOCH, VAL_ACCURACY
@@ -131,10 +132,6 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str, 
             train_trial(spec, reporter, context=context, resume_from=resume_from)
     finally:
         reporter.close()  # the last epoch is reported before the trial function returns
-
-
-# Ray Train keeps each distributed trial's runs here, inside the experiment directory.
-TRAIN_RUNS = "train_runs"
 
 
 def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri: str, plan: BackbonePlan) -> None:

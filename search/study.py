@@ -26,13 +26,12 @@ import pyarrow.fs as pafs
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from search.layout import STUDY_DB
 from trainables.metrics import DIVERGED, EPOCH, PLANNED_EPOCHS
 from trainables.storage import Location
 from trainables.cache import CACHE_ROOT
 
 log = logging.getLogger(__name__)
-
-STUDY_DB = "study.db"
 
 
 def local_path(location: Location, experiment: str) -> Path:
@@ -86,7 +85,6 @@ class UploadStudy(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         upload(self.location, self.experiment)
-
 
 
 # The user attribute of a PRUNED trial that says what ended it.

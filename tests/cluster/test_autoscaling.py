@@ -211,9 +211,9 @@ def test_run_refuses_what_no_group_of_its_cluster_holds_before_ray_starts(in_kub
 
 
 def test_the_readme_cluster_passes_the_same_check(in_kuberay_pod):
-    from search.cli import _check_schedulable
+    from search.experiment import check_schedulable
 
     serve, asked = in_kuberay_pod
     serve("gke-values.yaml")
-    assert _check_schedulable(load_config(REPO / "configs" / "cifar10.yaml")) is True
+    assert check_schedulable(load_config(REPO / "configs" / "cifar10.yaml")) is True
     assert asked == [("ml", "rayclusters/search-hpsearch")]

@@ -170,7 +170,7 @@ def test_workload_identity_and_bucket():
     for container in containers(cluster):
         env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
         assert env["HPSEARCH_STORAGE"] == "gs://my-bucket/experiments"
-        # the search reads its own RayCluster's worker groups (search.cli._check_schedulable)
+        # the search reads its own RayCluster's worker groups (search.experiment.check_schedulable)
         assert env["HPSEARCH_RAYCLUSTER_NAME"] == cluster["metadata"]["name"] == "search-hpsearch"
         assert env["HPSEARCH_RAYCLUSTER_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 

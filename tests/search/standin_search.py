@@ -40,7 +40,7 @@ from ray import tune
 from search.config import config_from_dict
 from search.results import history_table
 from search import rounds, study
-from search.cli import summarise
+from search.experiment import summarise
 from search.run import METRIC, all_results, run_rounds
 from trainables.storage import AtomicLocalHandler, resolve
 
