@@ -102,6 +102,11 @@ class StudySearch(OptunaSearch):
     way it treats trials its own pruners stop, instead of taking an accuracy cut short
     at an early rung as a final one. The user attribute ``pruned_by`` says what ended it:
     ``scheduler`` (ASHA) or ``diverged`` (its loss; trainables.divergence).
+
+    Ray has no public API to end a trial otherwise than COMPLETE or FAIL, so this uses
+    three private attributes of OptunaSearch (``_ot_trials``, ``_ot_study``,
+    ``_completed_trials``); tests/search/test_search.py fails, naming the one that
+    changed, on a Ray version without them.
     """
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

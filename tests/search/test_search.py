@@ -168,3 +168,24 @@ def test_impossible_resources_fail_within_seconds(tmp_path):
     assert "resources: B0, B1, B2, B3, B4, B5, B6, B7: a trial needs 1 GPUs" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert time.time() - started < 120  # Ray's start-up, not a scheduling timeout
+
+
+def test_the_private_parts_of_ray_that_the_study_searcher_uses_are_there(tmp_path):
+    """StudySearch (search/study.py) tells Optuna a trial was pruned through three private
+    attributes of Ray's OptunaSearch, which Ray has no public API for. A Ray upgrade that
+    renames one fails here, naming it, instead of silently leaving pruned trials running
+    in the study."""
+    from search.config import config_from_dict
+    from search.run import make_searcher
+    from search.space import param_space
+    from trainables.storage import resolve
+
+    config = config_from_dict({"space": {"backbones": ["B0"]}, "storage": {"path": str(tmp_path)}})
+    searcher = make_searcher(config, resolve(str(tmp_path)))
+    searcher.set_search_properties("val_accuracy", "max", param_space(config.space))
+    assert searcher.suggest("t1") is not None
+    for name, kind in (("_ot_trials", dict), ("_ot_study", object), ("_completed_trials", set)):
+        assert isinstance(getattr(searcher, name, None), kind), (
+            f"ray.tune.search.optuna.OptunaSearch no longer has {name} ({kind.__name__}), which StudySearch uses "
+            "to mark a trial pruned: adapt search/study.py to this Ray version")
+    assert "t1" in searcher._ot_trials
