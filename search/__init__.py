@@ -4,7 +4,8 @@
 - ``experiment``: a search's lifecycle (checks, lease, new or resumed rounds, summary);
   ``layout``: every file and folder of an experiment's directory, declared once.
 - ``config``: the YAML file as typed, validated dataclasses (``shape``: a trial's
-  resources fields); ``schema``: its JSON Schema; ``space``: its searched parameters as
+  resources fields); ``rules``: the rules that span fields; ``resume_rules``: what a
+  resume may change; ``schema``: its JSON Schema; ``space``: its searched parameters as
   Tune domains.
 - ``strategies``: what each training strategy asks of the cluster and does; ``plan``,
   ``resources``, ``schedulable``: each backbone's trial shape and memory, and whether

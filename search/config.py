@@ -2,7 +2,10 @@
 
 This module is the only place in hpsearch that reads YAML. Everything downstream takes
 these dataclasses. Every problem with a file is a :class:`ConfigError` that names the
-offending field (``space.dropout.high``), raised before Ray or TensorFlow start.
+offending field (``space.dropout.high``), raised before Ray or TensorFlow start. The
+sections are declared here (a trial's resources in :mod:`search.shape`); the rules that
+span fields are :mod:`search.rules`, what a resume may change :mod:`search.resume_rules`,
+and the JSON Schema for editors :mod:`search.schema`.
 """
 
 from __future__ import annotations
@@ -18,16 +21,11 @@ from typing import Any
 
 import yaml
 
-from search import strategies
+from search import rules
 from search.shape import Shape
-from trainables.data import accepted_sources, find_source
 from trainables.errors import InputError
 from trainables.params import PARAMS, FloatRange, IntRange, bounds, upper
 from trainables.spec import MAX_SEED, DataConfig, RecipeConfig
-from trainables.storage import is_supported, supported_schemes
-
-WEIGHTS = ("imagenet", "none")
-
 
 class ConfigError(InputError):
     """A config problem, tied to the dotted path of the field that caused it."""
@@ -228,7 +226,8 @@ def load_config(path: str | Path) -> Config:
 def config_from_dict(raw: Any) -> Config:
     """Validate a plain mapping (as parsed from YAML) into a :class:`Config`."""
     config = _build(Config, raw, "")
-    _check_rules(config)
+    for field_path, message in rules.problems(config):  # the first one the rules find
+        raise ConfigError(field_path, message)
     return config
 
 
@@ -245,38 +244,6 @@ def config_to_dict(config: Any) -> dict:
         return value
 
     return plain(config)
-
-
-# What `hpsearch run --resume` may change: how many trials in all (more adds trials) and
-# how many run at once. Any other change would mix two recipes or spaces in one search.
-RESUMABLE_FIELDS = ("search.num_trials", "search.max_concurrent_trials", "resources.steps_per_execution",
-                    "resources.placement_timeout_s", "storage.lease_timeout_s")
-
-
-def changed_fields(recorded: dict, current: dict, prefix: str = "") -> list[str]:
-    """The dotted names of the fields whose values differ between two configs' plain
-    forms (as :func:`config_to_dict` writes them), in declaration order."""
-    changed = []
-    for key in dict.fromkeys([*recorded, *current]):
-        name = f"{prefix}{key}"
-        old, new = recorded.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += changed_fields(old, new, f"{name}.")
-        elif old != new:
-            changed.append(name)
-    return changed
-
-
-def resume_refusals(recorded: dict, current: dict) -> list[str]:
-    """The changed fields a resumed search cannot take, each as ``name: old -> new``."""
-
-    def value(raw: dict, name: str) -> Any:
-        for part in name.split("."):
-            raw = raw.get(part) if isinstance(raw, dict) else None
-        return raw
-
-    return [f"{name}: {value(recorded, name)!r} -> {value(current, name)!r}"
-            for name in changed_fields(recorded, current) if name not in RESUMABLE_FIELDS]
 
 
 def _build(cls: type, raw: Any, path: str) -> Any:
@@ -369,86 +336,6 @@ def _check_bounds(value: Any, meta: Any, path: str) -> None:
     problem = declared.problem(value)
     if problem:
         raise ConfigError(path, problem)
-
-
-def _lower(space_value: Any) -> Any:
-    return space_value.low if isinstance(space_value, (FloatRange, IntRange)) else space_value
-
-
-def _check_rules(config: Config) -> None:
-    """Rules that span fields or name allowed choices (read from the registries)."""
-    for param in PARAMS:
-        if param.choices is None:
-            continue
-        allowed = param.choices()
-        for i, value in enumerate(getattr(config.space, param.config_name)):
-            if value not in allowed:
-                raise ConfigError(
-                    f"space.{param.config_name}[{i}]", f"must be one of {', '.join(allowed)}, got {value!r}"
-                )
-    if find_source(config.data.dataset) is None:
-        raise ConfigError("data.dataset", f"must be {accepted_sources()}, got {config.data.dataset!r}")
-    weights = config.recipe.weights
-    if weights not in WEIGHTS and not _looks_like_path(weights):
-        raise ConfigError(
-            "recipe.weights", f"must be imagenet, none or a weights file path, got {weights!r}"
-        )
-    _check_shapes(config)
-    if config.resources.steps_per_execution is not None and config.resources.steps_per_execution < 1:
-        raise ConfigError("resources.steps_per_execution",
-                          f"must be >= 1 (or unset: a whole epoch per call), got {config.resources.steps_per_execution}")
-    if config.max_finetune_epochs < 1:
-        raise ConfigError(
-            "recipe.cooldown_epochs", "phase 2 (warmup + flat + cooldown) needs at least 1 epoch"
-        )
-    if config.search.grace_epochs > config.max_finetune_epochs:
-        raise ConfigError(
-            "search.grace_epochs",
-            f"counts fine-tuning epochs: must be <= the longest trial's ({config.max_finetune_epochs}: "
-            f"warmup + flat + cooldown), got {config.search.grace_epochs}",
-        )
-    lowest_lr = _lower(space_value(config.space, "max_lr"))
-    if config.recipe.min_lr > lowest_lr:
-        raise ConfigError(
-            "recipe.min_lr",
-            f"must be <= space.max_lr.low ({lowest_lr}), got {config.recipe.min_lr}",
-        )
-    if not is_supported(config.storage.path):
-        raise ConfigError("storage.path", f"must be {supported_schemes()}, got {config.storage.path!r}")
-
-
-def _check_shapes(config: Config) -> None:
-    """Every backbone's shape, each error naming the backbone's override when it has one."""
-    res = config.resources
-    for name in res.backbones:
-        if name not in config.space.backbones:
-            raise ConfigError(f"resources.backbones.{name}",
-                              f"is not one of space.backbones ({', '.join(config.space.backbones)})")
-    for name in config.space.backbones:
-        path = f"resources.backbones.{name}" if name in res.backbones else "resources"
-        _check_shape(res.shape_for(name), res, path, config.recipe.batch_size)
-
-
-def _check_shape(shape: Shape, res: ResourcesConfig, path: str, batch_size: int) -> None:
-    if shape.strategy not in strategies.STRATEGIES:
-        raise ConfigError(f"{path}.strategy",
-                          f"must be one of {', '.join(strategies.STRATEGIES)}, got {shape.strategy!r}")
-    strategy = strategies.of(shape)
-    if strategy.one_worker and shape.workers != 1:
-        raise ConfigError(f"{path}.workers", f"the {shape.strategy} strategy runs 1 worker, got {shape.workers}")
-    for name, message in strategy.problems(shape, xla=res.xla):
-        # xla is a section-wide setting; the others are the shape's own
-        raise ConfigError("resources.xla" if name == "xla" else f"{path}.{name}", message)
-    replicas = strategy.replicas(shape)
-    if batch_size % replicas:
-        raise ConfigError(
-            "recipe.batch_size",
-            f"the global batch must divide evenly over {replicas} replicas ({path}), got {batch_size}",
-        )
-
-
-def _looks_like_path(value: str) -> bool:
-    return "/" in value or value.startswith(".") or value.endswith((".h5", ".keras"))
 
 
 def _kind(value: Any) -> str:

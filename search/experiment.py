@@ -118,7 +118,7 @@ def _run_leased(config: Config, location: Location, on_kuberay: bool, lease, *, 
 
 def _check_unchanged(config: Config, location) -> None:
     """A resumed search keeps its recipe and space: refuse a config that changes them."""
-    from search.config import RESUMABLE_FIELDS, resume_refusals
+    from search.resume_rules import RESUMABLE_FIELDS, resume_refusals
     from search.layout import CONFIG_JSON
 
     path = location.join(config.search.name, CONFIG_JSON)

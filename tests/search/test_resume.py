@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from search.config import changed_fields, resume_refusals
+from search.resume_rules import changed_fields, resume_refusals
 from search.rounds import Round, Steps, next_steps
 
 DRIVER = Path(__file__).with_name("standin_search.py")
