@@ -43,6 +43,27 @@ def test_each_family_builds_a_headless_feature_extractor(family_smallest):
     model = family_smallest.build(None, (32, 32, 3))
     features = model(np.zeros((2, 32, 32, 3), "float32"))
     assert len(features.shape) == 4 and features.shape[0] == 2
+    check_backbone_contract(model)
+
+
+def check_backbone_contract(model) -> None:
+    """What the rest relies on (trainables.backbones.base.Backbone): it takes 0-255
+    images, so it rescales them itself before its first convolution (the augmentation
+    works in 0-255); and its layers are named <block>_<part>, so partial fine-tuning
+    finds its blocks (trainables.model.top_blocks) in the order they run."""
+    import keras
+
+    from trainables.model import top_blocks
+
+    convolutions = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+    first_conv = next(i for i, layer in enumerate(model.layers) if isinstance(layer, convolutions))
+    assert any(isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
+               for layer in model.layers[:first_conv]), "no rescaling of 0-255 input before the first convolution"
+    blocks = top_blocks(model, 1.0)
+    assert len(blocks) >= 2, f"layers not named <block>_<part>: found blocks {blocks}"
+    convolved = {layer.name.split("_", 1)[0] for layer in model.layers if isinstance(layer, convolutions)}
+    assert set(blocks) == convolved
+    assert top_blocks(model, 0.5) == blocks[-len(top_blocks(model, 0.5)):] and len(top_blocks(model, 0.5)) < len(blocks)
 
 
 def run_hpsearch(env_value: str | None, *args: str):

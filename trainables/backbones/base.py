@@ -30,9 +30,11 @@ class Backbone:
             per-backbone format (``{"small": {...}, "native": {...}}``), for a family kept
             outside this package; None reads the table.
 
-    A backbone takes images in 0-255 and names its layers ``<block>_<part>`` (``stem_conv``,
-    ``block3b_dwconv``): partial fine-tuning unfreezes whole blocks by that prefix
-    (:func:`trainables.model.top_blocks`).
+    A backbone takes images in 0-255 (it rescales them itself, before its first
+    convolution: the augmentation works in 0-255) and names its layers
+    ``<block>_<part>`` (``stem_conv``, ``block3b_dwconv``): partial fine-tuning
+    unfreezes whole blocks by that prefix (:func:`trainables.model.top_blocks`).
+    ``tests/trainables/test_backbones.py`` checks both for every family.
     """
 
     name: str
