@@ -18,7 +18,9 @@ curve (best so far against wall time since the search started).
 Writes ``bench/results/search_pays.json`` (``ratio``: the median over seeds of
 tpe_asha's time to the target over random_fifo's; goal at most 1/3; an arm that never
 reached the target has ``null`` with ``reached: false``) and the curves as
-``bench/results/search_pays.png``.
+``bench/results/search_pays.png``, and the table per seed as
+``bench/results/search_pays.md`` (``--table-only`` rewrites it and the plot from the
+JSON).
 """
 
 from __future__ import annotations
@@ -99,7 +101,15 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=240.0)
     parser.add_argument("--image-size", type=int, default=None,
                         help="the side the model trains at (default: the config's data.image_size)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite the Markdown table and the plot from the JSON of an earlier run")
     args = parser.parse_args()
+    if args.table_only:
+        result = json.loads(RESULT.read_text())
+        RESULT.with_suffix(".md").write_text(table_markdown(result))
+        draw(result["per_seed"], result["budget_s"], RESULT.with_suffix(".png"))
+        print(RESULT.with_suffix(".md").read_text(), end="")
+        return
 
     from search.config import config_to_dict, load_config
 
@@ -158,8 +168,30 @@ def write(args: argparse.Namespace, base: dict, per_seed: list[dict], *, complet
         "goal": f"ratio <= {GOAL:.3f}", "goal_met": ratio is not None and ratio <= GOAL,
     }
     RESULT.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    RESULT.with_suffix(".md").write_text(table_markdown(result))
     draw(per_seed, args.budget_s, RESULT.with_suffix(".png"))
     return ratio
+
+
+def table_markdown(result: dict) -> str:
+    """Per seed: the target, each arm's best and its time to the target (the table
+    docs/benchmarks.md shows)."""
+    lines = [f"| seed | target (random_fifo best - {TOLERANCE * 100:g} pt) | "
+             + " | ".join(f"{arm}: best, s to target" for arm in result["arms"]) + " | ratio |",
+             "|" + "---|" * (len(result["arms"]) + 3)]
+    for entry in result["per_seed"]:
+        cells = []
+        for arm in result["arms"]:
+            run = entry["arms"][arm]
+            reached = f"{run['seconds_to_target']:g}" if run["reached"] else "not reached"
+            cells.append(f"{run['best_val_accuracy']}, {reached}")
+        lines.append(f"| {entry['seed']} | {entry['target_val_accuracy']} | " + " | ".join(cells)
+                     + f" | {entry['ratio']} |")
+    lines.append(f"\nratio (median over seeds of tpe_asha's time to the target over random_fifo's): "
+                 f"**{result['ratio']}** (goal {result['goal']}); {result['budget_s']:g} s per arm, "
+                 f"{result['image_size']} px, {result['max_concurrent_trials']} trials at a time, "
+                 f"commit {result['commit']}")
+    return "\n".join(lines) + "\n"
 
 
 COLOURS = {"tpe_asha": "tab:orange", "random_fifo": "tab:blue", "tpe_fifo": "tab:green", "random_asha": "tab:purple"}
