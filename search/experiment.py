@@ -15,7 +15,7 @@ import sys
 
 from search.config import STORAGE_ENV, Config, config_to_dict
 from trainables.errors import InputError
-from trainables.storage import Location
+from trainables.storage import Location, check_writable, resolve
 
 log = logging.getLogger("hpsearch")
 
@@ -37,8 +37,6 @@ def run(config: Config, *, resume: bool, resume_command: str) -> int:
     """
     check_plan(config)
     on_kuberay = check_schedulable(config)
-    from trainables.storage import check_writable, resolve
-
     location = resolve(config.storage.path)
     check_writable(location)
     # Trials run in directories of their own: from here on the storage path is absolute.

@@ -57,7 +57,9 @@ class Strategy:
         return shape.workers
 
     def device(self, shape: Shape) -> tuple[str, float]:
-        """The device one replica runs on, and its memory in MiB."""
+        """The device one replica runs on, and its memory in MiB. A CPU worker without
+        ``accelerator_memory_gib`` is planned with the memory of the machine that plans
+        (the driver's: ``hpsearch plan`` prints that plan, and trials receive it)."""
         if shape.gpus_per_worker:  # validation ensured a known type or an explicit size
             gib = shape.accelerator_memory_gib or memory.ACCELERATOR_MEMORY_GIB[shape.gpu_type]
             return shape.gpu_type or "GPU", memory.gib_to_mib(gib)
