@@ -105,3 +105,22 @@ def test_reports_emptied_by_a_restart_are_read_from_the_progress_csv(tmp_path):
     assert history["epoch"].tolist() == [1] and history["val_accuracy"].tolist() == [0.5]
     (row,) = trial_rows([result], "val_accuracy", "max", planned_epochs=lambda config: 3)
     assert row.epochs_run == 1 and row.best_val_accuracy == 0.5
+
+
+def test_the_study_is_uploaded_at_most_once_a_minute_while_trials_end(monkeypatch):
+    """The study file grows with every trial: uploaded whole after each, a search's
+    traffic would grow with the square of its trials. Ten trials ending within a minute
+    upload it once; the next one after the minute uploads it again."""
+    from search import study
+
+    uploads = []
+    monkeypatch.setattr(study, "upload", lambda location, experiment: uploads.append(now[0]))
+    now = [0.0]
+    callback = study.UploadStudy(location=None, experiment="exp", clock=lambda: now[0])
+    for second in range(10):
+        now[0] = float(second)
+        callback.on_trial_complete(0, [], None)
+    assert uploads == [0.0]
+    now[0] = study.UPLOAD_INTERVAL_S + 1
+    callback.on_trial_error(0, [], None)
+    assert uploads == [0.0, study.UPLOAD_INTERVAL_S + 1]
