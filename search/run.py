@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pickletools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +27,7 @@ from trainables.errors import HpsearchError
 from trainables.metrics import FINETUNE_EPOCH, VAL_ACCURACY
 from trainables.params import hyperparams_from
 from trainables.spec import TrialSpec
-from trainables.storage import Location, resolve
+from trainables.storage import Location, resolve, unreadable
 from trainables.strategy import limit_threads
 
 log = logging.getLogger(__name__)
@@ -291,21 +289,6 @@ def restore_tuner(config: Config, location: Location, *, round_number: int = 1,
 
 class RoundStateError(HpsearchError):
     """A round's saved Tune state that Tune could not restore."""
-
-
-def unreadable(data: bytes) -> str | None:
-    """Why a saved state file cannot be read (None when it can): a pickle cut short (read
-    opcode by opcode: nothing is unpickled), or JSON that does not parse. Told apart by
-    content: Tune pickles some state into files named .json."""
-    try:
-        if data.startswith(b"\x80"):  # a pickle of protocol 2 or later
-            for _ in pickletools.genops(data):
-                pass
-        else:
-            json.loads(data)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, pickletools' "not enough data"
-        return str(exc) or type(exc).__name__
-    return None
 
 
 def check_restorable(storage: Location, name: str, round_number: int) -> None:

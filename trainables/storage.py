@@ -8,9 +8,13 @@ scheme (``s3://``, say) is one entry here.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import io
+import json
+import logging
 import os
+import pickletools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +24,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from trainables.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(InputError):
@@ -87,9 +93,36 @@ class Location:
         return self.filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
+# Tune's experiment snapshot (ray.tune: the TuneController's, the search generator's, the
+# searcher's and the callbacks' CKPT_FILE_TMPL): each file must be one readable document.
+SNAPSHOT_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl",
+                  "callback-states-*.pkl")
+
+
+def unreadable(data: bytes) -> str | None:
+    """Why a snapshot file cannot be read (None when it can): a pickle cut short (read
+    opcode by opcode: nothing is unpickled), or JSON that does not parse. Told apart by
+    content: Tune pickles some state into files named .json."""
+    try:
+        if data.startswith(b"\x80"):  # a pickle of protocol 2 or later
+            for _ in pickletools.genops(data):
+                pass
+        else:
+            json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, pickletools' "not enough data"
+        return str(exc) or type(exc).__name__
+    return None
+
+
 class _PublishOnClose(io.FileIO):
     """A file written under a hidden partial name and renamed onto its target when
-    closed: a process killed while writing leaves the target as it was."""
+    closed: a process killed while writing leaves the target as it was.
+
+    A snapshot file (:data:`SNAPSHOT_FILES`) is published only if it reads whole: Tune
+    rewrites its local copy of the snapshot in place while its background upload of
+    the previous one may still be reading it, and so can upload an empty or cut-short
+    file. The stored snapshot then stays the last whole one.
+    """
 
     def __init__(self, target: str) -> None:
         directory, name = os.path.split(target)
@@ -103,6 +136,15 @@ class _PublishOnClose(io.FileIO):
     def close(self) -> None:
         if not self.closed:
             super().close()
+            name = os.path.basename(self._target)
+            if any(fnmatch.fnmatch(name, pattern) for pattern in SNAPSHOT_FILES):
+                with open(self._partial, "rb") as written:
+                    problem = unreadable(written.read())
+                if problem:
+                    os.remove(self._partial)
+                    log.warning("not replacing %s with a copy that cannot be read (%s); it keeps the last whole one",
+                                self._target, problem)
+                    return
             # rename is atomic on POSIX; no fsync: the fault guarded against is a killed
             # process (a driver, a trial), not a machine losing power
             os.replace(self._partial, self._target)

@@ -109,3 +109,27 @@ def test_gcs_credentials_are_found_once_and_refreshed_only_when_invalid(monkeypa
         assert (len(lookups), found.refreshes) == (1, 2)
     finally:
         storage._gcs_credentials.cache_clear()
+
+
+def test_a_snapshot_file_that_cannot_be_read_never_replaces_a_whole_one(tmp_path):
+    """Tune rewrites its local snapshot in place while its upload of the previous one may
+    still read it, so it can upload an empty or cut-short copy: local storage keeps the
+    last whole one instead. Other files (Tune's result.json is JSON lines) are written
+    as given."""
+    import json
+    import pickle
+
+    fs = resolve(str(tmp_path)).filesystem
+    state = tmp_path / "experiment_state-2026.json"
+    searcher = tmp_path / "searcher-state-2026.pkl"
+    whole_state, whole_searcher = json.dumps({"trial_data": [1, 2]}).encode(), pickle.dumps({"n": list(range(50))})
+    for path, whole in ((state, whole_state), (searcher, whole_searcher)):
+        for content in (whole, b"", whole[: len(whole) // 2]):
+            with fs.open_output_stream(str(path)) as out:
+                out.write(content)
+            assert path.read_bytes() == whole  # the first write published; the bad ones did not
+    assert not list(tmp_path.glob(".*.partial"))
+    lines = tmp_path / "result.json"
+    with fs.open_output_stream(str(lines)) as out:
+        out.write(b'{"epoch": 1}\n{"epoch": 2}\n')
+    assert lines.read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
