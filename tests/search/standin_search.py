@@ -42,7 +42,7 @@ from search.results import history_table
 from search import rounds, study
 from search.experiment import summarise
 from search.run import METRIC, all_results, run_rounds
-from trainables.storage import AtomicLocalHandler, resolve
+from trainables.storage import SNAPSHOT_FILES, AtomicLocalHandler, resolve
 
 EPOCHS = 3
 
@@ -98,7 +98,7 @@ class KillWhileSaving(AtomicLocalHandler):
         return stream
 
 
-STATE_FILES = "experiment_state-*.json"  # Tune's experiment state
+STATE_FILES = SNAPSHOT_FILES[0]  # Tune's experiment state
 
 
 class HalfThenKill:
