@@ -95,6 +95,12 @@ class ResourcesConfig(Shape):
     # Training steps per compiled call (Keras's steps_per_execution): the host starts a
     # call and reads its results back once per call. None: a whole epoch per call.
     steps_per_execution: int | None = None
+    # Distributed trials (mwms, tpu): training steps between two asks whether a node of
+    # the trial is being reclaimed (Spot/preemptible; trainables.preemption). On a notice
+    # the trial checkpoints the step reached and resumes there on another node. Unset:
+    # sized so that an interval takes about 5 s at the measured step time (GKE's notice
+    # is about 15 s); 0: no checks (a reclaim loses the epoch's steps).
+    preemption_check_steps: int | None = None
     # On an autoscaling cluster the chart does not describe (no HPSEARCH_RAYCLUSTER_*),
     # nodes a trial needs may not exist yet: warn instead of refusing to start when the
     # live cluster cannot hold a trial right now. On the chart's cluster the check reads

@@ -12,7 +12,11 @@ placement-group cleaner frees the workers' resources.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from typing import Any
 from search import strategies
 from search.config import ResourcesConfig, Shape
 from search.best import KEEP_LATEST, BestKeeper
+from trainables.metrics import MID_EPOCH_STEP
 from trainables.spec import TrialSpec
 from trainables.strategy import Precision
 
@@ -34,9 +39,12 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     limit_threads(config["cpus_per_worker"])
+    log_level_from_environment()
     strategy = make_strategy(config["strategy"])
+    checks = config["preemption_check_steps"]
     worker = WorkerContext(strategy, context.get_world_size(), context.get_world_rank(), config["precision"],
-                           steps_per_execution=config["steps_per_execution"])
+                           steps_per_execution=config["steps_per_execution"],
+                           notices=TrainNotices() if checks != 0 else None, check_steps=checks)
     spec: TrialSpec = config["spec"]
     best = BestKeeper(*config["keep_best"]) if config.get("keep_best") and worker.is_chief else None
 
@@ -51,6 +59,80 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     with resume_directory(ray.train.get_checkpoint()) as resume_from:
         train_trial(spec, report, context=worker, resume_from=resume_from)
+
+
+# Set to a logging level name (DEBUG: every compiled call's progress) for hpsearch's
+# messages in the workers; unset, only warnings (a reclaim notice) are printed.
+LOG_LEVEL_ENV = "HPSEARCH_LOG_LEVEL"
+
+
+def log_level_from_environment() -> None:
+    level = os.environ.get(LOG_LEVEL_ENV)
+    if level:
+        logger = logging.getLogger("trainables")
+        logger.setLevel(level)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+            logger.addHandler(handler)
+
+
+# How long after a notice's deadline a worker that checkpointed waits to be reclaimed:
+# Ray Train restarts the worker group once the deadline passes (or, with no deadline
+# given, DEFAULT_PREEMPTION_DEADLINE_S after the notice); past this margin the worker
+# raises, and the group restarts from the checkpoint it took.
+RECLAIM_MARGIN_S = 60.0
+
+
+class TrainNotices:
+    """trainables.preemption's notices from Ray Train: its preemption watcher marks
+    every worker when a node of the group is draining (SIGTERM to a node's ``ray
+    start``, as a Spot reclaim sends; ``ray drain-node``), with the reclaim deadline."""
+
+    def notice(self) -> float | None:
+        import ray.train
+
+        info = ray.train.get_preemption_info()
+        if info is None:
+            return None
+        return info.deadline_ms / 1000 if info.deadline_ms else math.inf
+
+    def agree(self, steps: int) -> int:
+        from ray.train.collective import broadcast_from_rank_zero
+
+        return broadcast_from_rank_zero(steps)
+
+    def checkpoint(self, metrics: dict[str, Any], directory: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
+        try:
+            # Stored before report returns; EpochsToTune keeps it from Tune (not an epoch).
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.SYNC)
+        finally:
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def await_reclaim(self, deadline_s: float) -> None:
+        from ray.train.v2._internal.constants import DEFAULT_PREEMPTION_DEADLINE_S
+
+        until = min(deadline_s, time.time() + DEFAULT_PREEMPTION_DEADLINE_S) + RECLAIM_MARGIN_S
+        while time.time() < until:
+            time.sleep(1.0)
+
+
+def epochs_to_tune() -> Any:
+    """Ray Train's TuneReportCallback for epochs only: a mid-epoch checkpoint's report
+    (trainables.metrics.MID_EPOCH_STEP) stores the checkpoint for the restarted worker
+    group and is not a result (Tune and ASHA see each epoch once)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochsToTune(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if MID_EPOCH_STEP not in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return EpochsToTune()
 
 
 def scaling_config(shape: Shape) -> Any:
@@ -85,16 +167,25 @@ def keep_train_coordinator_on_this_node() -> None:
     get_or_create_autoscaling_coordinator()
 
 
+# Reclaims a trial's worker group survives: each resumes where its notice found it
+# (search.distributed.TrainNotices), so a trial on a busy Spot pool still progresses; a
+# bound so that one that is reclaimed over and over still ends.
+MAX_PREEMPTIONS = 10
+
+
 def failure_config() -> Any:
     """Ray Train's retries for a trial's worker group.
 
-    A lost worker restarts the group from the latest checkpoint (twice). A worker group
+    A lost worker restarts the group from the latest checkpoint (twice). A reclaimed
+    node (a worker lost after its node drained) spends a budget of its own,
+    MAX_PREEMPTIONS. A worker group
     not placed within resources.placement_timeout_s (see :func:`placement_wait`) is not
     retried by Ray Train, whose default retries it for ever: the trial fails instead.
     """
     import ray.train
 
-    return ray.train.FailureConfig(max_failures=2, controller_failure_limit=0)
+    return ray.train.FailureConfig(max_failures=2, controller_failure_limit=0,
+                                   max_preemption_failures=MAX_PREEMPTIONS)
 
 
 class PlacementTimeout(RuntimeError):
@@ -166,6 +257,7 @@ def make_trainer(
             "cpus_per_worker": shape.cpus_per_worker,
             "precision": precision,
             "steps_per_execution": resources.steps_per_execution,
+            "preemption_check_steps": resources.preemption_check_steps,
             # (experiment URI, trial id): rank 0 keeps the best epoch's checkpoint there
             "keep_best": keep_best,
         },

@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from search.layout import BEST_JSON, CONFIG_JSON, HISTORY_PARQUET, TRIALS_CSV, TRIALS_PARQUET
-from trainables.metrics import ATTEMPT, DIVERGED
+from trainables.metrics import ATTEMPT, DIVERGED, PREEMPTIONS, RESUMED_AT_STEP
 from trainables.params import NAMES
 from trainables.storage import Location
 
@@ -44,6 +44,7 @@ class TrialRow:
     error: str | None
     attempts: int = 1  # the most starts of its training (trainables.metrics.ATTEMPT)
     diverged: bool = False  # its training loss diverged (trainables.divergence); a result
+    preemptions: int = 0  # of its attempts, those resumed from a reclaim notice's checkpoint
 
     @property
     def stopped_early(self) -> bool:
@@ -141,6 +142,7 @@ def trial_rows(result_grid: Any, metric: str, mode: str, planned_epochs: Any,
                 error=error_summary(result.error) if result.error else None,
                 attempts=int(frame[ATTEMPT].max()) if has_metric and ATTEMPT in frame else 1,
                 diverged=bool(has_metric and DIVERGED in frame and frame[DIVERGED].fillna(False).astype(bool).any()),
+                preemptions=int(frame[PREEMPTIONS].max()) if has_metric and PREEMPTIONS in frame else 0,
             )
         )
     return sorted(rows, key=lambda r: r.trial_id)
@@ -174,6 +176,7 @@ def rows_table(rows: list[TrialRow]) -> pa.Table:
         best_checkpoint=[r.best_checkpoint for r in rows],
         error=[r.error for r in rows],
         attempts=[r.attempts for r in rows],
+        preemptions=[r.preemptions for r in rows],
     )
     return pa.table(columns)
 
@@ -193,7 +196,7 @@ def history_table(result_grid: Any) -> pa.Table:
             frame[name] = result.config.get(name)
         # timestamp: when the epoch's result reached Tune (seconds), ordering the epochs of
         # concurrent trials for the anytime curve
-        keep = ["trial_id", "epoch", ATTEMPT, "timestamp", "phase", "lr", "train_loss", "train_accuracy",
+        keep = ["trial_id", "epoch", ATTEMPT, PREEMPTIONS, RESUMED_AT_STEP, "timestamp", "phase", "lr", "train_loss", "train_accuracy",
                 "val_accuracy", DIVERGED, *NAMES]
         frames.append(frame[[c for c in keep if c in frame]])
     if not frames:

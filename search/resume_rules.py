@@ -8,6 +8,7 @@ from typing import Any
 # What `hpsearch run --resume` may change: how many trials in all (more adds trials) and
 # how many run at once. Any other change would mix two recipes or spaces in one search.
 RESUMABLE_FIELDS = ("search.num_trials", "search.max_concurrent_trials", "resources.steps_per_execution",
+                    "resources.preemption_check_steps",
                     "resources.placement_timeout_s", "storage.lease_timeout_s")
 
 

@@ -39,6 +39,10 @@ def problems(config: Any) -> Iterator[tuple[str, str]]:
     if weights not in WEIGHTS and not _looks_like_path(weights):
         yield "recipe.weights", f"must be imagenet, none or a weights file path, got {weights!r}"
     yield from _shape_problems(config)
+    if config.resources.preemption_check_steps is not None and config.resources.preemption_check_steps < 0:
+        yield ("resources.preemption_check_steps",
+               f"must be >= 1, or 0 for no checks, or unset to size the checks by the measured step time; "
+               f"got {config.resources.preemption_check_steps}")
     if config.resources.steps_per_execution is not None and config.resources.steps_per_execution < 1:
         yield ("resources.steps_per_execution",
                f"must be >= 1 (or unset: a whole epoch per call), got {config.resources.steps_per_execution}")

@@ -141,9 +141,7 @@ def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri
     retries the trial or a resumed search restarts it, the new job resumes from the
     run's latest checkpoint instead of epoch 0.
     """
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from search.distributed import make_trainer, placement_wait
+    from search.distributed import epochs_to_tune, make_trainer, placement_wait
 
     location = resolve(experiment_uri)
     trial_id = tune.get_context().get_trial_id()
@@ -155,7 +153,7 @@ def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri
         keep_best=(experiment_uri, trial_id),
         storage_path=location.join(TRAIN_RUNS),
         storage_filesystem=location.filesystem,
-        callbacks=[TuneReportCallback()],
+        callbacks=[epochs_to_tune()],
     )
     with placement_wait(plan.shape, config.resources.placement_timeout_s):
         trainer.fit()

@@ -4,6 +4,10 @@ A checkpoint directory holds
 - ``model.keras``: the whole classifier; ``keras.saving.load_model`` loads it anywhere;
 - ``optimizer.npz``: the active phase's optimizer variables (momentum), for resuming;
 - ``state.json``: the trial spec, the epoch reached, the phase and the epoch's metrics.
+
+A checkpoint taken on a reclaim notice (trainables.preemption) is taken mid-epoch: its
+``step`` is the steps of the next epoch already trained, ``sums`` their summed loss and
+correct count, so that the resumed epoch reports the whole epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class CheckpointState:
     epoch: int  # epochs completed
     phase: str
     metrics: dict[str, Any]
+    step: int = 0  # steps of the next epoch trained (a mid-epoch checkpoint)
+    sums: tuple[float, float] = (0.0, 0.0)  # their summed loss and correct count
 
 
 def save_checkpoint(
@@ -48,7 +54,8 @@ def save_checkpoint(
     np.savez(directory / OPTIMIZER_FILE, **arrays)
     (directory / STATE_FILE).write_text(
         json.dumps(
-            {"spec": state.spec.to_dict(), "epoch": state.epoch, "phase": state.phase, "metrics": state.metrics},
+            {"spec": state.spec.to_dict(), "epoch": state.epoch, "phase": state.phase, "metrics": state.metrics,
+             "step": state.step, "sums": list(state.sums)},
             indent=2,
         )
     )
@@ -59,7 +66,8 @@ def read_state(directory: Path) -> CheckpointState:
     """The spec, epoch, phase and metrics of a checkpoint, without loading the model."""
     raw = json.loads((Path(directory) / STATE_FILE).read_text())
     return CheckpointState(
-        spec=TrialSpec.from_dict(raw["spec"]), epoch=raw["epoch"], phase=raw["phase"], metrics=raw["metrics"]
+        spec=TrialSpec.from_dict(raw["spec"]), epoch=raw["epoch"], phase=raw["phase"], metrics=raw["metrics"],
+        step=raw.get("step", 0), sums=tuple(raw.get("sums", (0.0, 0.0))),
     )
 
 

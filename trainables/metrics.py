@@ -16,3 +16,13 @@ ATTEMPT = "attempt"
 # True on the epoch where the trial's training loss diverged (trainables.divergence): the
 # trial trained no further and ended as a result, not an error.
 DIVERGED = "diverged"
+# How many times the trial resumed from a checkpoint taken on a reclaim notice
+# (trainables.preemption): each such restart also counts in ATTEMPT.
+PREEMPTIONS = "preemptions"
+# The step of the epoch a trial resumed at after a reclaim notice (0: the epoch trained
+# from its start in this attempt): the steps before it were trained by the attempt that
+# got the notice.
+RESUMED_AT_STEP = "resumed_at_step"
+# Set only in the report of a mid-epoch checkpoint (the steps of the epoch it holds):
+# such a report stores the checkpoint and is not an epoch's result.
+MID_EPOCH_STEP = "mid_epoch_step"

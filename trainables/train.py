@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ from trainables.data import load_configured
 from trainables.divergence import diverged
 from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, build_model, set_phase
-from trainables.metrics import ATTEMPT, DIVERGED, FINETUNE_EPOCH, PLANNED_EPOCHS
+from trainables.preemption import Checks, Notices
+from trainables.metrics import (ATTEMPT, DIVERGED, FINETUNE_EPOCH, MID_EPOCH_STEP, PLANNED_EPOCHS, PREEMPTIONS,
+                                 RESUMED_AT_STEP)
 from trainables.reporting import Reporter
 from trainables.schedule_graph import phase2_rate
 from trainables.spec import TrialSpec
@@ -49,6 +52,10 @@ class WorkerContext:
     precision: Precision = Precision()
     # Training steps per compiled call (see PhaseStep); None: a whole epoch per call.
     steps_per_execution: int | None = None
+    # Where reclaim notices come from (distributed trials; trainables.preemption), and
+    # the steps between two checks (None: sized by measurement).
+    notices: Notices | None = None
+    check_steps: int | None = None
 
     @property
     def is_chief(self) -> bool:
@@ -176,39 +183,54 @@ class PhaseStep:
         self.train_steps = train_steps
 
     def run_epoch(self, dataset: Any, steps: int, first_step: int,
-                  stop_if: Callable[[float], bool] | None = None) -> EpochSums:
-        """Train ``steps`` steps on ``dataset`` (a tf.data or distributed dataset, or an
-        iterator over one, which carries on where it stands).
+                  stop_if: Callable[[float], bool] | None = None, *,
+                  checks: Checks | None = None, resume: EpochSums | None = None) -> EpochSums:
+        """Train the epoch's ``steps`` steps on ``dataset`` (a tf.data or distributed
+        dataset, or an iterator over one, which carries on where it stands).
 
         ``first_step`` is the phase's step counter at the epoch's start (it sets the
         schedule's clock, so a resumed epoch gets the rates it would have had).
         ``stop_if`` is asked, after each compiled call, with the mean loss of the epoch's
         steps so far; True ends the epoch there (a diverged trial: see
         trainables.divergence). Every worker of a trial reads the same all-reduced sums,
-        so all stop at the same call. Returns the epoch's sums: the only values read back.
+        so all stop at the same call. ``checks`` ends calls at its check steps and asks
+        there whether a node of the trial will be reclaimed (trainables.preemption); a
+        notice ends the epoch at that step, with ``notice`` set. ``resume`` is the sums
+        of the steps an earlier attempt trained in this epoch: ``dataset`` then starts
+        after them. Returns the epoch's sums: the only values read back.
         """
-        self.step.assign(first_step)
-        self.sums.assign([0.0, 0.0])
+        done = resume.steps if resume is not None else 0
+        self.step.assign(first_step + done)
+        self.sums.assign([resume.loss_sum, resume.correct_sum] if resume is not None else [0.0, 0.0])
         iterator = iter(dataset)
         chunk = self.steps_per_execution or steps
-        done = 0
         while done < steps:
-            count = min(chunk, steps - done)
+            count = checks.call_size(done, steps, chunk) if checks is not None else min(chunk, steps - done)
+            started = time.monotonic()
             self.train_steps(iterator, tf.constant(count, tf.int64))
+            loss_sum = float(self.sums[0].numpy())  # also waits for the call to finish
             done += count
-            if stop_if is not None and done < steps and stop_if(float(self.sums[0].numpy()) / done):
+            log.debug("%d/%d steps of the epoch trained", done, steps)
+            if checks is not None and checks.due(done, steps):
+                deadline = checks.ask((time.monotonic() - started) / count)
+                if deadline is not None:
+                    loss_sum, correct_sum = self.sums.numpy()
+                    return EpochSums(float(loss_sum), float(correct_sum), done, notice=deadline)
+            if stop_if is not None and done < steps and stop_if(loss_sum / done):
                 break
         loss_sum, correct_sum = self.sums.numpy()
         return EpochSums(float(loss_sum), float(correct_sum), done)
 
 
 class EpochSums(NamedTuple):
-    """What one epoch's training read back: summed loss and correct count over ``steps``
-    steps (fewer than planned when the epoch was stopped)."""
+    """What one epoch's training read back: summed loss and correct count over the
+    epoch's first ``steps`` steps (fewer than planned when the epoch was stopped, or
+    ended by a reclaim notice: ``notice`` is then the reclaim deadline, UNIX seconds)."""
 
     loss_sum: float
     correct_sum: float
     steps: int
+    notice: float | None = None
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -236,6 +258,23 @@ def replicas_agree(strategy: tf.distribute.Strategy, digest: str) -> bool:
     local = strategy.run(lambda: tf.constant([code], tf.float64))
     gathered = strategy.gather(local, axis=0).numpy()
     return bool((gathered == gathered[0]).all())
+
+
+def reclaimed(context: WorkerContext, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+              state: ckpt.CheckpointState, deadline_s: float) -> None:
+    """On a reclaim notice: every worker takes part in a checkpoint of the step reached
+    (the chief writes it), then waits for the reclaim, training nothing it would lose."""
+    log.warning("a node of this trial will be reclaimed (deadline %s): checkpointing epoch %d at step %d",
+                time.strftime("%H:%M:%S", time.localtime(deadline_s)) if deadline_s != float("inf") else "none given",
+                state.epoch + 1, state.step)
+    directory = None
+    if context.is_chief:
+        directory = Path(tempfile.mkdtemp(prefix=f"hpsearch-ckpt-{state.epoch + 1:04d}-{state.step}-"))
+        ckpt.save_checkpoint(directory, model, optimizer, state)
+    context.notices.checkpoint(state.metrics, directory)
+    context.notices.await_reclaim(deadline_s)
+    raise TimeoutError(f"a reclaim announced for {deadline_s:.0f} (UNIX s) did not come: the trial restarts "
+                       "from the checkpoint it took")
 
 
 def train_trial(
@@ -291,14 +330,18 @@ def train_trial(
     # Validation runs whole on every worker (the split is small next to training, and every
     # worker then reports the same number); traced once for the whole trial.
     predict = tf.function(lambda images: model(images, training=False))
-    start_epoch, attempt = 0, 1
+    start_epoch, attempt, preemptions, partial = 0, 1, 0, None
     if resume_from is not None:
         state = ckpt.read_state(resume_from)
         model.load_weights(Path(resume_from) / ckpt.MODEL_FILE)
         start_epoch = state.epoch
         # the how-many-th start of this trial's training (a retry or a resumed search)
         attempt = int(state.metrics.get(ATTEMPT, 1)) + 1
-        log.info("resuming %s at epoch %d", spec.hp.backbone, start_epoch)
+        preemptions = int(state.metrics.get(PREEMPTIONS, 0))
+        if state.step:  # taken on a reclaim notice, mid-epoch
+            partial = EpochSums(*state.sums, steps=state.step)
+        log.info("resuming %s at epoch %d, step %d", spec.hp.backbone, start_epoch + 1, state.step)
+    checks = Checks(context.notices, context.check_steps) if context.notices is not None else None
 
     phase_name, phase = None, None
     metrics: dict[str, Any] = {}
@@ -328,6 +371,9 @@ def train_trial(
             epoch,
             shard=shard,
         ).repeat().take(steps_per_epoch * local_replicas)
+        resume = partial if epoch == start_epoch else None
+        if resume is not None:  # the same order: skip exactly what the last attempt trained
+            dataset = dataset.skip(resume.steps * local_replicas)
         if replicas > 1:
             # Already this worker's shard in per-replica batches: hand it over as is
             # (no auto-sharding, no re-batching); each step takes one batch per local
@@ -335,13 +381,20 @@ def train_trial(
             own = dataset
             dataset = strategy.distribute_datasets_from_function(lambda _: own)
         sums = phase.run_epoch(dataset, steps_per_epoch, first_step(spec, epoch, steps_per_epoch),
-                               stop_if=lambda mean_loss: diverged(mean_loss, data.num_classes))
+                               stop_if=lambda mean_loss: diverged(mean_loss, data.num_classes),
+                               checks=checks, resume=resume)
+        if sums.notice is not None:
+            reclaimed(context, model, phase.optimizer, ckpt.CheckpointState(
+                spec, epoch, phase_name, {ATTEMPT: attempt, PREEMPTIONS: preemptions + 1, MID_EPOCH_STEP: sums.steps},
+                step=sums.steps, sums=(sums.loss_sum, sums.correct_sum)), sums.notice)
         train_loss = sums.loss_sum / sums.steps
         metrics = {
             "epoch": epoch + 1,
             FINETUNE_EPOCH: max(0, epoch + 1 - recipe.head_epochs),
             PLANNED_EPOCHS: spec.total_epochs,
             ATTEMPT: attempt,
+            PREEMPTIONS: preemptions,
+            RESUMED_AT_STEP: resume.steps if resume is not None else 0,
             "phase": phase_name,
             "lr": float(phase.optimizer.learning_rate.numpy()),
             "train_loss": train_loss,

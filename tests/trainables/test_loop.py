@@ -70,7 +70,7 @@ def test_steps_in_one_call_follow_the_rule_step_by_step():
     model, data = _model_and_data()
     start = [w.numpy() for w in model.weights]
     device = _phase(model, learning_rate=lambda step: phase2_rate(SCHEDULE, step, STEPS))
-    loss_sum, correct_sum, _ = device.run_epoch(data, STEPS, first_step=epoch * STEPS)
+    loss_sum, correct_sum, *_ = device.run_epoch(data, STEPS, first_step=epoch * STEPS)
     on_device = [w.numpy() for w in model.weights]
     assert int(device.step.numpy()) == (epoch + 1) * STEPS
     assert float(device.optimizer.learning_rate.numpy()) == pytest.approx(
