@@ -75,6 +75,7 @@ def log_level_from_environment() -> None:
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
             logger.addHandler(handler)
+            logger.propagate = False  # once: Ray's worker has a root handler of its own
 
 
 # How long after a notice's deadline a worker that checkpointed waits to be reclaimed:

@@ -9,6 +9,7 @@ warns.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,21 @@ from search import strategies
 # The trial function of a distributed trial only waits for its workers; it must hold
 # almost nothing or on a small machine the workers never fit (0 is rejected by Ray).
 DRIVER_CPU = 0.01
+# A Ray resource that only on-demand nodes have (the chart sets this variable, and the
+# resource on its on-demand worker groups, when some group is Spot): a distributed
+# trial's function, and the Ray Train controller that runs beside it, die with their
+# node, so they ask for it and never land on a node that can be reclaimed. Unset (a
+# laptop, a cluster with no Spot groups): they go anywhere.
+TRIAL_FUNCTION_RESOURCE_ENV = "HPSEARCH_TRIAL_FUNCTION_RESOURCE"
+TRIAL_FUNCTION_SHARE = 0.01
+
+
+def driver_bundle() -> dict[str, float]:
+    """What a distributed trial's own function holds."""
+    bundle = {"CPU": DRIVER_CPU}
+    if os.environ.get(TRIAL_FUNCTION_RESOURCE_ENV):
+        bundle[os.environ[TRIAL_FUNCTION_RESOURCE_ENV]] = TRIAL_FUNCTION_SHARE
+    return bundle
 
 
 def worker_bundle(shape: Shape) -> dict[str, float]:
@@ -34,7 +50,8 @@ def trial_total(shape: Shape) -> dict[str, float]:
     """Everything one trial holds: its workers, plus the waiting trial function."""
     total = {k: v * shape.workers for k, v in worker_bundle(shape).items()}
     if strategies.of(shape).distributed:
-        total["CPU"] = total.get("CPU", 0.0) + DRIVER_CPU
+        for key, value in driver_bundle().items():
+            total[key] = total.get(key, 0.0) + value
     return total
 
 
@@ -50,7 +67,7 @@ def trial_resources(config: Config) -> Callable[[dict[str, Any]], Any]:
     def resources(sampled: dict[str, Any]) -> Any:
         shape = config.resources.shape_for(sampled["backbone"])
         if strategies.of(shape).distributed:
-            return PlacementGroupFactory([{"CPU": DRIVER_CPU}])
+            return PlacementGroupFactory([driver_bundle()])
         return PlacementGroupFactory([worker_bundle(shape)])
 
     return resources

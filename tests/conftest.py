@@ -46,7 +46,7 @@ def fake_gcs(tmp_path_factory):
 # starting in the other process is not starved (a raylet that has not registered within
 # Ray's fixed 30 s fails its node's start).
 HEAVY = ("tests/cluster/test_autoscaling_cluster.py", "tests/cluster/test_miniature.py",
-         "tests/search/test_distributed.py")
+         "tests/cluster/test_spot.py", "tests/search/test_distributed.py")
 
 
 def pytest_collection_modifyitems(config, items):

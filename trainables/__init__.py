@@ -10,7 +10,8 @@ from ``search`` or ``cluster`` (tests/test_layers.py).
   ``weights``, ``torch_legacy``, ``cache``: pretrained weights without a network.
 - ``train``: the recipe's two phases, one report per epoch; ``schedule`` and
   ``schedule_graph``: the learning-rate rule; ``divergence``: when training diverged;
-  ``strategy``: the tf.distribute strategy and precision; ``memory``: memory per replica.
+  ``strategy``: the tf.distribute strategy and precision; ``memory``: memory per replica;
+  ``preemption``: checks for a Spot reclaim inside an epoch.
 - ``checkpoint``: per-epoch checkpoints; ``reporting``: how an epoch is handed on;
   ``evaluate``: a checkpoint's accuracy; ``storage``: local or ``gs://`` through pyarrow;
   ``errors``: the one exception hierarchy, each error with its exit code.

@@ -184,7 +184,7 @@ class PhaseStep:
 
     def run_epoch(self, dataset: Any, steps: int, first_step: int,
                   stop_if: Callable[[float], bool] | None = None, *,
-                  checks: Checks | None = None, resume: EpochSums | None = None) -> EpochSums:
+                  checks: Checks | None = None, resume: EpochSums | None = None, name: str = "epoch") -> EpochSums:
         """Train the epoch's ``steps`` steps on ``dataset`` (a tf.data or distributed
         dataset, or an iterator over one, which carries on where it stands).
 
@@ -197,7 +197,8 @@ class PhaseStep:
         there whether a node of the trial will be reclaimed (trainables.preemption); a
         notice ends the epoch at that step, with ``notice`` set. ``resume`` is the sums
         of the steps an earlier attempt trained in this epoch: ``dataset`` then starts
-        after them. Returns the epoch's sums: the only values read back.
+        after them. ``name`` labels the epoch in the progress logged (at DEBUG) after
+        each call. Returns the epoch's sums: the only values read back.
         """
         done = resume.steps if resume is not None else 0
         self.step.assign(first_step + done)
@@ -209,8 +210,8 @@ class PhaseStep:
             started = time.monotonic()
             self.train_steps(iterator, tf.constant(count, tf.int64))
             loss_sum = float(self.sums[0].numpy())  # also waits for the call to finish
+            log.debug("%s: steps %d-%d of %d trained", name, done, done + count, steps)
             done += count
-            log.debug("%d/%d steps of the epoch trained", done, steps)
             if checks is not None and checks.due(done, steps):
                 deadline = checks.ask((time.monotonic() - started) / count)
                 if deadline is not None:
@@ -382,7 +383,8 @@ def train_trial(
             dataset = strategy.distribute_datasets_from_function(lambda _: own)
         sums = phase.run_epoch(dataset, steps_per_epoch, first_step(spec, epoch, steps_per_epoch),
                                stop_if=lambda mean_loss: diverged(mean_loss, data.num_classes),
-                               checks=checks, resume=resume)
+                               checks=checks, resume=resume,
+                               name=f"epoch {epoch + 1}, attempt {attempt}, rank {context.worker_index}")
         if sums.notice is not None:
             reclaimed(context, model, phase.optimizer, ckpt.CheckpointState(
                 spec, epoch, phase_name, {ATTEMPT: attempt, PREEMPTIONS: preemptions + 1, MID_EPOCH_STEP: sums.steps},

@@ -47,8 +47,16 @@ SERVED = [(path.name, config, backbone) for path in SCENARIOS for config, backbo
           for backbone in backbones]
 
 
+def chart_environment(values_file: str) -> dict[str, str]:
+    """The variables the chart sets in the head pod, where the search's driver runs."""
+    head = scenario_raycluster(values_file)["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in head["env"] if "value" in e}
+
+
 @pytest.mark.parametrize(("scenario", "config_file", "backbone"), SERVED, ids=lambda v: str(v))
-def test_every_served_backbone_scales_a_group_up_from_the_head_alone(scenario, config_file, backbone):
+def test_every_served_backbone_scales_a_group_up_from_the_head_alone(scenario, config_file, backbone, monkeypatch):
+    for name, value in chart_environment(scenario).items():  # as the driver in the head pod
+        monkeypatch.setenv(name, value)
     view = view_of(scenario)
     config = load_config(REPO / config_file)
     assert backbone in config.space.backbones
@@ -101,7 +109,35 @@ def test_every_accelerator_group_of_every_scenario_is_one_the_real_autoscaler_sc
             if node_type["resources"].get("GPU") or node_type["resources"].get("TPU"):
                 assert node_type["resources"] in scaled, (path.name, name, node_type["resources"])
                 accelerator_groups += 1
-    assert accelerator_groups == 4  # gpu and tpu of gpu-, tpu- and gke-values
+    assert accelerator_groups == 6  # gpu and tpu of gpu-, tpu-, gke- and spot-values
+
+
+def test_with_spot_groups_a_trial_function_goes_only_to_an_on_demand_group(monkeypatch):
+    """On the Spot scenario, the driver in the head pod (the chart's environment) asks
+    for every distributed trial's function a resource only the on-demand group has: Ray's
+    autoscaler scales that group for it, and no Spot node type can hold it, while the
+    trial's workers still go to the Spot accelerators. Without the chart's variable (a
+    laptop, the control) the same function fits a Spot node."""
+    from search.resources import TRIAL_FUNCTION_RESOURCE_ENV
+
+    view = view_of("spot-values.yaml")
+    nodes = group_resources(view)
+    config = load_config(REPO / "configs" / "cifar10.yaml")
+
+    def fits(bundle, node):
+        return all(node.get(key, 0) >= value for key, value in bundle.items())
+
+    monkeypatch.delenv(TRIAL_FUNCTION_RESOURCE_ENV, raising=False)
+    (function,) = trial_placement_groups(config, "B0")[0]
+    assert fits(function, nodes["gpu"][0])  # the control: nothing keeps it off Spot
+
+    monkeypatch.setenv(TRIAL_FUNCTION_RESOURCE_ENV, chart_environment("spot-values.yaml")[TRIAL_FUNCTION_RESOURCE_ENV])
+    for backbone in config.space.backbones:
+        function_group, workers = trial_placement_groups(config, backbone)
+        assert not any(fits(function_group[0], nodes[spot][0]) for spot in ("gpu", "tpu")), backbone
+        assert plan_launch(view, [function_group]).launch == {"cpu": 1}, backbone
+        plan = plan_launch(view, [function_group, workers])
+        assert plan.feasible and plan.launch["cpu"] == 1 and set(plan.launch) - {"cpu"} <= {"gpu", "tpu"}, plan
 
 
 def test_the_check_sees_a_config_whose_pools_are_missing():
@@ -151,12 +187,16 @@ def test_every_tpu_shape_shipped_is_accepted_by_ray_train():
 
 
 def test_readme_node_pools_start_at_zero_and_tpu_pools_name_their_zone():
-    """The quickstart's step 1: accelerator pools start with no node (gcloud's default is 3 per
-    zone) and the TPU pool names the zone that has v6e (one zone of us-central1)."""
+    """The quickstart's step 1, and its Spot variant: accelerator pools start with no node
+    (gcloud's default is 3 per zone) and the TPU pool names the zone that has v6e (one
+    zone of us-central1); the Spot pools are Spot and carry the taint the chart's Spot
+    groups tolerate."""
     gke = GKE_GUIDE[GKE_GUIDE.index("## GKE quickstart"):GKE_GUIDE.index("### What the miniature cluster test proves")]
     commands = [" ".join(c.replace("\\\n", " ").split()) for c in re.findall(
         r"gcloud container node-pools create (?:[^\n]*\\\n)*[^\n]*", gke)]
-    assert len(commands) == 2, commands
+    assert len(commands) == 4, commands
+    spot = [c for c in commands if "--spot" in c]
+    assert len(spot) == 2 and all("--node-taints cloud.google.com/gke-spot=true:NoSchedule" in c for c in spot)
     for command in commands:
         assert "--accelerator" in command or "--tpu-topology" in command, command
         assert "--num-nodes 0" in command and "--min-nodes 0" in command, command

@@ -63,7 +63,7 @@ def scenario(request):
 
 def test_every_scenario_exists():
     assert {p.name for p in SCENARIOS} == {
-        "cpu-values.yaml", "gpu-values.yaml", "tpu-values.yaml", "gke-values.yaml",
+        "cpu-values.yaml", "gpu-values.yaml", "tpu-values.yaml", "gke-values.yaml", "spot-values.yaml",
     }
 
 
@@ -198,6 +198,7 @@ GPU_GROUP = {
     "type": "gpu", "replicas": 0, "minReplicas": 0, "maxReplicas": 2, "cpu": "4", "memory": "16Gi",
     "gpu": {"accelerator": "nvidia-l4", "count": 1},
 }
+CPU_GROUP = {"type": "cpu", "replicas": 0, "minReplicas": 0, "maxReplicas": 2, "cpu": "4", "memory": "16Gi"}
 TPU_GROUP = {
     "type": "tpu", "replicas": 0, "minReplicas": 0, "maxReplicas": 1, "cpu": "8", "memory": "32Gi",
     "tpu": {"accelerator": "tpu-v6e-slice", "topology": "2x2", "chipsPerHost": 4},
@@ -247,6 +248,11 @@ BAD_ACROSS_FIELDS = {
     "topology does not split into hosts": (
         with_group("tpu", TPU_GROUP, **{"tpu.topology": "1x1"}), "workerGroups.tpu.tpu: topology 1x1",
     ),
+    "only Spot groups": ({"workerGroups": {"gpu": {**GPU_GROUP, "spot": True}, "cpu": None}}, "no group is on-demand"),
+    "a drain longer than the grace period": (
+        {"workerGroups": {"gpu": {**GPU_GROUP, "spot": True}, "cpu": CPU_GROUP},
+         "spot": {"terminationGracePeriodSeconds": 15, "drainSeconds": 15, "onDemandResource": "on_demand"}},
+        "spot.drainSeconds (15) must be below"),
 }
 
 
@@ -553,3 +559,34 @@ def test_pod_extras_and_group_fields_render_where_kubernetes_and_kuberay_read_th
 
     view = autoscaling_config(cluster, namespace="ml")
     assert view["available_node_types"]["gpu"]["resources"]["CPU"] == 4
+
+
+def test_spot_groups_render_gkes_spot_fields_and_only_on_demand_groups_hold_trial_functions(crd_validators):
+    """A Spot group's pods go to GKE Spot nodes (selector and toleration), get the grace
+    period a reclaimed Spot pod has, and Ray drains their node for less than it; every
+    pod is told the resource that trial functions ask for, which only on-demand groups
+    advertise (the autoscaler's own view of it: test_autoscaling.py)."""
+    cluster = cluster_of(yaml.safe_load((CHART / "ci" / "spot-values.yaml").read_text()))
+    assert not list(crd_validators["RayCluster"].iter_errors(cluster))
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    for name in ("gpu", "tpu"):
+        pod = groups[name]["template"]["spec"]
+        assert pod["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+        assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
+                "effect": "NoSchedule"} in pod["tolerations"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert int(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]) < pod["terminationGracePeriodSeconds"] == 15
+        assert "resources" not in groups[name]["rayStartParams"]
+    cpu = groups["cpu"]["template"]["spec"]
+    assert "cloud.google.com/gke-spot" not in (cpu.get("nodeSelector") or {}) and "terminationGracePeriodSeconds" not in cpu
+    assert groups["cpu"]["rayStartParams"]["resources"] == '"{\\"on_demand\\": 1000}"'
+    for _, template in pod_templates(cluster):
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env["HPSEARCH_TRIAL_FUNCTION_RESOURCE"] == "on_demand"
+        assert env["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] == "1"
+    # a cluster with no Spot group is as before: no resource asked, none advertised
+    plain = cluster_of(yaml.safe_load((CHART / "ci" / "gke-values.yaml").read_text()))
+    for group in plain["spec"]["workerGroupSpecs"]:
+        assert "resources" not in group["rayStartParams"]
+        env = {e["name"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert "HPSEARCH_TRIAL_FUNCTION_RESOURCE" not in env

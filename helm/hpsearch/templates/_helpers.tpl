@@ -156,4 +156,22 @@ Kubernetes API, as the autoscaler does, to refuse trials no group can hold). */}
       fieldPath: metadata.namespace
 - name: TF_CPP_MIN_LOG_LEVEL
   value: "2"
+# Ray Train asks Ray for draining nodes this often (default 5 s): a Spot notice is ~15 s.
+- name: RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S
+  value: "1"
+{{- if include "hpsearch.anySpot" . }}
+# Distributed trials' functions ask for this resource, which only on-demand groups have.
+- name: HPSEARCH_TRIAL_FUNCTION_RESOURCE
+  value: {{ .Values.spot.onDemandResource | quote }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when some worker group is Spot, else empty. */}}
+{{- define "hpsearch.anySpot" -}}
+{{- range $name, $group := .Values.workerGroups }}{{- if $group.spot }}true{{- end }}{{- end }}
+{{- end }}
+
+{{/* "true" when some worker group is on-demand, else empty. */}}
+{{- define "hpsearch.anyOnDemand" -}}
+{{- range $name, $group := .Values.workerGroups }}{{- if not $group.spot }}true{{- end }}{{- end }}
 {{- end }}

@@ -1,0 +1,194 @@
+"""A Spot reclaim under a running mwms trial, on Ray nodes on 127.0.0.1.
+
+The head (on-demand: it has the resource the trial function asks for, as the chart's
+on-demand groups have) and three one-CPU worker nodes, each a `ray start --block` of its
+own, with the environment the chart gives Spot pods. The search is `hpsearch run`, as a
+user starts it. Mid-epoch, the node under the trial's rank 0 gets SIGTERM, what GKE
+sends a Spot node's pod: Ray marks the node draining with a deadline
+(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S) and stops it then. With checks every
+CHECK_STEPS steps the workers checkpoint the step reached, the group restarts on the
+two other nodes and resumes there: each step of the epoch is trained once. With checks
+off the same reclaim loses the steps the epoch had trained. The steps are counted from
+the workers' own progress lines (HPSEARCH_LOG_LEVEL=DEBUG), one per compiled call.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from search.resources import TRIAL_FUNCTION_RESOURCE_ENV
+from support import free_port, stop_process_groups, wait_for, write_colour_batches
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+TESTS = Path(__file__).resolve().parents[1]
+CHECK_STEPS = 4
+PER_CALL = 2  # steps_per_execution: the progress lines' grain
+DRAIN_S = 6  # the reclaim's notice: SIGTERM to the node's `ray start`, its processes stopped after this
+ON_DEMAND = "on_demand"
+PROGRESS = re.compile(r"epoch (\d+), attempt (\d+), rank (\d+): steps (\d+)-(\d+) of (\d+) trained")
+
+
+class Nodes:
+    """The head and the worker nodes: each a `ray start --block` in a process group and
+    a temporary directory of its own (where its workers' logs are)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env, self.processes, self.dirs = env, [], []
+        self.texts: dict[Path, tuple[int, str]] = {}
+        self.port = free_port()
+
+    def start(self, *args: str, head: bool = False) -> Path:
+        directory = Path(tempfile.mkdtemp(prefix="rayspot-", dir="/tmp"))  # short: socket paths
+        where = [f"--port={self.port}", "--include-dashboard=false"] if head else [f"--address=127.0.0.1:{self.port}"]
+        self.processes.append(subprocess.Popen(
+            [str(BIN / "ray"), "start", *(["--head"] if head else []), "--block", *where,
+             f"--temp-dir={directory}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args],
+            env=self.env, stdout=open(f"{directory}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        self.dirs.append(directory)
+        log = Path(f"{directory}.log")
+        wait_for(lambda: "Ray runtime started" in log.read_text(), 120, f"the node in {directory}", log=log)
+        return directory
+
+    def refresh(self) -> frozenset:
+        """Read the workers' stderr files again (a new worker process, as each attempt's
+        and each search's are, writes a new one) and return their paths. A file keeps
+        the last text read: a reclaimed node's go with its directory."""
+        for index, directory in enumerate(self.dirs):
+            for log in directory.glob("session_2*/logs/worker-*.err"):  # not session_latest, a link to it
+                try:
+                    self.texts[log] = (index, log.read_text(errors="replace"))
+                except FileNotFoundError:
+                    pass
+        return frozenset(self.texts)
+
+    def progress(self, skip: frozenset = frozenset()) -> list[tuple[int, ...]]:
+        """The progress lines of the workers' files but ``skip``, with the node each was
+        logged on: (epoch, attempt, rank, from, to, steps, node index)."""
+        self.refresh()
+        return [(*map(int, m.groups()), index) for log, (index, text) in self.texts.items() if log not in skip
+                for m in PROGRESS.finditer(text)]
+
+    def stop(self) -> None:
+        stop_process_groups(self.processes)
+        for directory in self.dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    # Every pod's environment as the chart sets it for a Spot group (and Ray 2.60's
+    # default authentication, on)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(TESTS),
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": str(DRAIN_S), "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
+           "HPSEARCH_LOG_LEVEL": "DEBUG", TRIAL_FUNCTION_RESOURCE_ENV: ON_DEMAND}
+    env.pop("RAY_ADDRESS", None)
+    cluster = Nodes(env)
+    try:
+        cluster.start("--num-cpus=1", f'--resources={{"{ON_DEMAND}": 1}}', head=True)
+        for _ in range(3):
+            cluster.start("--num-cpus=1")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def reclaim_rank_zeros_node_mid_epoch(nodes: Nodes, skip: frozenset, reclaimed: dict, stop: threading.Event) -> None:
+    """Once rank 0 has trained 3 checks' worth of steps, SIGTERM the `ray start` of the
+    node it runs on (a worker node: the trial function is on the head); then keep reading
+    the workers' files until the search ends."""
+    while not stop.wait(0.5):
+        first = [line for line in nodes.progress(skip) if line[2] == 0 and line[1] == 1]
+        ahead = [line for line in first if line[4] >= 3 * CHECK_STEPS]
+        if ahead and "node" not in reclaimed:
+            reclaimed["at_step"] = max(line[4] for line in first)
+            reclaimed["node"] = ahead[0][-1]
+            nodes.processes[reclaimed["node"]].send_signal(signal.SIGTERM)
+
+
+CONFIG = """
+data: {{dataset: {data}, image_size: 32}}
+space:
+  backbones: [Tiny]
+  warmup_epochs: {{low: 0, high: 0}}
+  max_lr: {{low: 0.01, high: 0.02, log: true}}
+recipe: {{batch_size: 32, head_epochs: 0, flat_epochs: 1, cooldown_epochs: 0, weights: none, flip: false}}
+search: {{name: spot, num_trials: 1, max_concurrent_trials: 1, seed: 3, grace_epochs: 1}}
+resources: {{strategy: mwms, workers: 2, cpus_per_worker: 1, steps_per_execution: {per_call},
+             preemption_check_steps: {checks}}}
+storage: {{path: {storage}}}
+"""
+
+
+def run_reclaimed_search(nodes: Nodes, tmp_path: Path, check_steps: int) -> tuple:
+    """`hpsearch run` of one trial on the cluster, its rank 0's node reclaimed mid-epoch;
+    returns the trials table's row, the history, what was reclaimed and rank 0's lines."""
+    data = write_colour_batches(tmp_path / "colours", n_train=3000, n_test=100)
+    config = tmp_path / "spot.yaml"
+    config.write_text(CONFIG.format(data=data, per_call=PER_CALL, checks=check_steps, storage=tmp_path / "exp"))
+    reclaimed: dict = {}
+    before = nodes.refresh()  # the earlier searches' workers
+    stop = threading.Event()
+    reclaimer = threading.Thread(target=reclaim_rank_zeros_node_mid_epoch, args=(nodes, before, reclaimed, stop),
+                                 daemon=True)
+    reclaimer.start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "search", "run", "--config", str(config)], capture_output=True,
+                              text=True, timeout=600, env={**nodes.env, "RAY_ADDRESS": f"127.0.0.1:{nodes.port}"})
+    finally:
+        stop.set()
+        reclaimer.join(timeout=5)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (row,) = pq.read_table(tmp_path / "exp" / "spot" / "trials.parquet").to_pylist()
+    history = pq.read_table(tmp_path / "exp" / "spot" / "history.parquet").to_pandas()
+    lines = [line for line in nodes.progress(before) if line[2] == 0]  # rank 0's
+    return row, history, reclaimed, lines
+
+
+def trained_twice(lines: list[tuple[int, ...]]) -> int:
+    """Steps of epoch 1 that rank 0 trained more than once, over all its attempts."""
+    (steps,) = {line[5] for line in lines}
+    return sum(line[4] - line[3] for line in lines if line[0] == 1) - steps
+
+
+def test_a_reclaimed_node_costs_no_step_with_checks_and_the_epochs_steps_without(nodes, tmp_path):
+    row, history, reclaimed, lines = run_reclaimed_search(nodes, tmp_path / "checks", CHECK_STEPS)
+    print(f"checks every {CHECK_STEPS}: reclaimed at step {reclaimed.get('at_step')}; lines {lines}")
+    assert "node" in reclaimed, "no node was reclaimed"
+    assert row["status"] == "TERMINATED", row["error"]
+    assert history["epoch"].tolist() == [1]  # reported once
+    assert history["preemptions"].tolist() == [1] and row["preemptions"] == 1
+    resumed_at = int(history["resumed_at_step"].iloc[0])
+    assert resumed_at >= reclaimed["at_step"]  # the checkpoint holds every step trained before the notice
+    assert sorted({line[1] for line in lines}) == [1, 2]
+    assert min(line[3] for line in lines if line[1] == 2) == resumed_at
+    twice = trained_twice(lines)
+    assert 0 <= twice <= CHECK_STEPS, twice
+    # the reclaimed node went, and rank 0 trained on another node after it
+    wait_for(lambda: nodes.processes[reclaimed["node"]].poll() is not None, 60, "the reclaimed node's end")
+    assert {line[-1] for line in lines if line[1] == 2} != {reclaimed["node"]}
+
+    nodes.start("--num-cpus=1")  # the Spot pool's new node
+    row, history, reclaimed, lines = run_reclaimed_search(nodes, tmp_path / "off", 0)
+    print(f"no checks: reclaimed at step {reclaimed.get('at_step')}; lines {lines}")
+    assert "node" in reclaimed and row["status"] == "TERMINATED", row["error"]
+    assert history["epoch"].tolist() == [1] and row["preemptions"] == 0
+    assert int(history["resumed_at_step"].iloc[0]) == 0  # the epoch trained again from its start
+    twice = trained_twice(lines)
+    assert twice >= reclaimed["at_step"] > CHECK_STEPS, twice
