@@ -138,7 +138,8 @@ storage: {{path: {storage}}}
 
 def run_reclaimed_search(nodes: Nodes, tmp_path: Path, check_steps: int) -> tuple:
     """`hpsearch run` of one trial on the cluster, its rank 0's node reclaimed mid-epoch;
-    returns the trials table's row, the history, what was reclaimed and rank 0's lines."""
+    returns the trials table's row, the history, what was reclaimed, rank 0's lines and
+    Ray Train's restart decisions (decision, the budget it spent)."""
     data = write_colour_batches(tmp_path / "colours", n_train=3000, n_test=100)
     config = tmp_path / "spot.yaml"
     config.write_text(CONFIG.format(data=data, per_call=PER_CALL, checks=check_steps, storage=tmp_path / "exp"))
@@ -158,7 +159,10 @@ def run_reclaimed_search(nodes: Nodes, tmp_path: Path, check_steps: int) -> tupl
     (row,) = pq.read_table(tmp_path / "exp" / "spot" / "trials.parquet").to_pylist()
     history = pq.read_table(tmp_path / "exp" / "spot" / "history.parquet").to_pandas()
     lines = [line for line in nodes.progress(before) if line[2] == 0]  # rank 0's
-    return row, history, reclaimed, lines
+    # Ray Train's failure policy logs each restart's budget in the controller's process
+    decisions = re.findall(r"\[FailurePolicy\] (\w+)\s+Source: ([\w ]+)",
+                           "".join(text for log, (_, text) in nodes.texts.items() if log not in before))
+    return row, history, reclaimed, lines, decisions
 
 
 def trained_twice(lines: list[tuple[int, ...]]) -> int:
@@ -168,10 +172,11 @@ def trained_twice(lines: list[tuple[int, ...]]) -> int:
 
 
 def test_a_reclaimed_node_costs_no_step_with_checks_and_the_epochs_steps_without(nodes, tmp_path):
-    row, history, reclaimed, lines = run_reclaimed_search(nodes, tmp_path / "checks", CHECK_STEPS)
+    row, history, reclaimed, lines, decisions = run_reclaimed_search(nodes, tmp_path / "checks", CHECK_STEPS)
     print(f"checks every {CHECK_STEPS}: reclaimed at step {reclaimed.get('at_step')}; lines {lines}")
     assert "node" in reclaimed, "no node was reclaimed"
     assert row["status"] == "TERMINATED", row["error"]
+    assert decisions == [("RETRY", "preemption")], decisions  # the preemption budget, not max_failures
     assert history["epoch"].tolist() == [1]  # reported once
     assert history["preemptions"].tolist() == [1] and row["preemptions"] == 1
     resumed_at = int(history["resumed_at_step"].iloc[0])
@@ -185,9 +190,10 @@ def test_a_reclaimed_node_costs_no_step_with_checks_and_the_epochs_steps_without
     assert {line[-1] for line in lines if line[1] == 2} != {reclaimed["node"]}
 
     nodes.start("--num-cpus=1")  # the Spot pool's new node
-    row, history, reclaimed, lines = run_reclaimed_search(nodes, tmp_path / "off", 0)
+    row, history, reclaimed, lines, decisions = run_reclaimed_search(nodes, tmp_path / "off", 0)
     print(f"no checks: reclaimed at step {reclaimed.get('at_step')}; lines {lines}")
     assert "node" in reclaimed and row["status"] == "TERMINATED", row["error"]
+    assert decisions == [("RETRY", "preemption")], decisions
     assert history["epoch"].tolist() == [1] and row["preemptions"] == 0
     assert int(history["resumed_at_step"].iloc[0]) == 0  # the epoch trained again from its start
     twice = trained_twice(lines)
