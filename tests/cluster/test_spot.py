@@ -173,10 +173,14 @@ def trained_twice(lines: list[tuple[int, ...]]) -> int:
 
 def test_a_reclaimed_node_costs_no_step_with_checks_and_the_epochs_steps_without(nodes, tmp_path):
     row, history, reclaimed, lines, decisions = run_reclaimed_search(nodes, tmp_path / "checks", CHECK_STEPS)
-    print(f"checks every {CHECK_STEPS}: reclaimed at step {reclaimed.get('at_step')}; lines {lines}")
+    print(f"checks every {CHECK_STEPS}: reclaimed at step {reclaimed.get('at_step')}; restarts {decisions}; "
+          f"lines {lines}")
     assert "node" in reclaimed, "no node was reclaimed"
     assert row["status"] == "TERMINATED", row["error"]
-    assert decisions == [("RETRY", "preemption")], decisions  # the preemption budget, not max_failures
+    # one restart. Ray Train charges it to its preemption budget when its controller acts
+    # on the drain's deadline before the node's processes stop (seen in most runs), else,
+    # Ray 2.60 seeing a worker death not marked as a preemption, to max_failures
+    assert [decision for decision, _ in decisions] == ["RETRY"], decisions
     assert history["epoch"].tolist() == [1]  # reported once
     assert history["preemptions"].tolist() == [1] and row["preemptions"] == 1
     resumed_at = int(history["resumed_at_step"].iloc[0])
@@ -191,9 +195,9 @@ def test_a_reclaimed_node_costs_no_step_with_checks_and_the_epochs_steps_without
 
     nodes.start("--num-cpus=1")  # the Spot pool's new node
     row, history, reclaimed, lines, decisions = run_reclaimed_search(nodes, tmp_path / "off", 0)
-    print(f"no checks: reclaimed at step {reclaimed.get('at_step')}; lines {lines}")
+    print(f"no checks: reclaimed at step {reclaimed.get('at_step')}; restarts {decisions}; lines {lines}")
     assert "node" in reclaimed and row["status"] == "TERMINATED", row["error"]
-    assert decisions == [("RETRY", "preemption")], decisions
+    assert [decision for decision, _ in decisions] == ["RETRY"], decisions
     assert history["epoch"].tolist() == [1] and row["preemptions"] == 0
     assert int(history["resumed_at_step"].iloc[0]) == 0  # the epoch trained again from its start
     twice = trained_twice(lines)
