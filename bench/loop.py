@@ -79,7 +79,7 @@ def time_hpsearch(steps: int, epochs: int, per_call: int | None, host_loop: bool
                 loss_sum += float(loss)
                 correct += float(right)
         else:
-            loss_sum, correct, _ = phase.run_epoch(iterator, steps, epoch * steps)
+            loss_sum, correct, *_ = phase.run_epoch(iterator, steps, epoch * steps)
         accuracy = correct / (steps * BATCH)
         stamps.append(time.perf_counter())
     return (stamps[-1] - stamps[0]) / ((epochs - 1) * steps), accuracy

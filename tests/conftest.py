@@ -45,16 +45,25 @@ def fake_gcs(tmp_path_factory):
 # TensorFlow workers): one test process runs them one after the other, so that a Ray
 # starting in the other process is not starved (a raylet that has not registered within
 # Ray's fixed 30 s fails its node's start).
+# In this order: the Spot drain test last, when the other process is likeliest to have
+# finished (its timing is the most sensitive to a busy machine, and the longest).
 HEAVY = ("tests/cluster/test_autoscaling_cluster.py", "tests/cluster/test_miniature.py",
-         "tests/cluster/test_spot.py", "tests/search/test_distributed.py")
+         "tests/search/test_distributed.py", "tests/cluster/test_spot.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests first, each module's tests kept together and in order: the
-    two test processes then end together instead of one starting a long module while the
+    """The HEAVY modules first (one scope, started at once), then the other modules with
+    slow tests, then the rest; each module's tests kept together and in order: the two
+    test processes then end together instead of one starting a long module while the
     other has finished."""
     has_slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in has_slow)  # stable: the order within each part stays
+
+    def heavy_rank(item) -> int:
+        module = item.nodeid.split("::", 1)[0]
+        return HEAVY.index(module) if module in HEAVY else len(HEAVY)
+
+    # stable: the order within each part stays
+    items.sort(key=lambda item: (item.path not in has_slow, heavy_rank(item)))
 
 
 def pytest_xdist_make_scheduler(config, log):
