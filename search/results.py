@@ -196,8 +196,8 @@ def history_table(result_grid: Any) -> pa.Table:
             frame[name] = result.config.get(name)
         # timestamp: when the epoch's result reached Tune (seconds), ordering the epochs of
         # concurrent trials for the anytime curve
-        keep = ["trial_id", "epoch", ATTEMPT, PREEMPTIONS, RESUMED_AT_STEP, "timestamp", "phase", "lr", "train_loss", "train_accuracy",
-                "val_accuracy", DIVERGED, *NAMES]
+        keep = ["trial_id", "epoch", ATTEMPT, PREEMPTIONS, RESUMED_AT_STEP, "timestamp", "phase", "lr", "train_loss",
+                "train_accuracy", "val_accuracy", DIVERGED, *NAMES]
         frames.append(frame[[c for c in keep if c in frame]])
     if not frames:
         return pa.table({"trial_id": pa.array([], pa.string())})

@@ -18,14 +18,13 @@ first call of a phase includes tracing and compiling.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 # The time an auto interval aims at. GKE's notice is about 15 s; Ray Train's preemption
 # watcher polls for drained nodes every RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S (the chart
 # sets 1 s); this leaves the rest of the notice for writing the checkpoint.
 CHECK_BUDGET_S = 5.0
-AUTO = "auto"
 
 
 class Notices(Protocol):
@@ -62,15 +61,11 @@ class Checks:
     notices: Notices
     every: int | None = None
     # auto: the interval now in force (one step until a call has been timed)
-    current: int = field(default=1)
-
-    def __post_init__(self) -> None:
-        if self.every is not None:
-            self.current = self.every
+    current: int = 1
 
     def call_size(self, done: int, steps: int, chunk: int) -> int:
         """Steps in the next compiled call: at most ``chunk``, ending at the next check."""
-        to_check = self.current - done % self.current if self.every is not None else self.current
+        to_check = self.every - done % self.every if self.every is not None else self.current
         return max(1, min(chunk, to_check, steps - done))
 
     def due(self, done: int, steps: int) -> bool:

@@ -31,9 +31,9 @@ from trainables.data import load_configured
 from trainables.divergence import diverged
 from trainables.evaluate import dataset_accuracy
 from trainables.model import ModelSpec, build_model, set_phase
-from trainables.preemption import Checks, Notices
 from trainables.metrics import (ATTEMPT, DIVERGED, FINETUNE_EPOCH, MID_EPOCH_STEP, PLANNED_EPOCHS, PREEMPTIONS,
                                  RESUMED_AT_STEP)
+from trainables.preemption import Checks, Notices
 from trainables.reporting import Reporter
 from trainables.schedule_graph import phase2_rate
 from trainables.spec import TrialSpec
