@@ -1,16 +1,21 @@
 """Search configuration: one YAML file becomes frozen, typed dataclasses.
 
 This module is the only place in hpsearch that reads YAML. Everything downstream takes
-these dataclasses. Every problem with a file is a :class:`ConfigError` that names the
-offending field (``space.dropout.high``), raised before Ray or TensorFlow start. The
-sections are declared here (a trial's resources in :mod:`search.shape`); the rules that
-span fields are :mod:`search.rules`, what a resume may change :mod:`search.resume_rules`,
-and the JSON Schema for editors :mod:`search.schema`.
+these dataclasses. Pydantic validates a file against them (their types, no unknown key,
+no coercion); the bounds they declare in field metadata are checked after it. Every
+problem with a file is a :class:`ConfigError` that names the offending field
+(``space.dropout.high``) and what it expects, raised before Ray or TensorFlow start.
+The sections are declared here (a trial's resources in :mod:`search.shape`); the rules
+that span fields are :mod:`search.rules`, what a resume may change
+:mod:`search.resume_rules`, and the JSON Schema for editors :mod:`search.schema`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
+import json
 import math
 import os
 import types
@@ -24,7 +29,7 @@ import yaml
 from search import rules
 from search.shape import Shape
 from trainables.errors import InputError
-from trainables.params import PARAMS, FloatRange, IntRange, bounds, upper
+from trainables.params import PARAMS, Bounds, FloatRange, IntRange, bounds, upper
 from trainables.spec import MAX_SEED, DataConfig, RecipeConfig
 
 class ConfigError(InputError):
@@ -231,9 +236,24 @@ def load_config(path: str | Path) -> Config:
 
 def config_from_dict(raw: Any) -> Config:
     """Validate a plain mapping (as parsed from YAML) into a :class:`Config`."""
-    config = _build(Config, raw, "")
-    for field_path, message in rules.problems(config):  # the first one the rules find
-        raise ConfigError(field_path, message)
+    import pydantic  # here: a process that only receives configs does not import it
+
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>", f"expected a mapping, got {_kind(raw)}")
+    try:
+        # JSON mode, strict: YAML's lists are JSON arrays (tuples here), an integer is a
+        # number, and nothing is coerced ("8" is not an integer, 1 is not true)
+        config = config_adapter().validate_json(json.dumps(_json_data(raw, "")), strict=True)
+    except pydantic.ValidationError as exc:
+        # pydantic tries each branch of a union (a range, or one fixed value): what the
+        # branch that fits the value's kind says; an unknown key (a typo) before a
+        # missing one it would have been
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "unexpected_keyword_argument")
+        found = [_config_error(error, raw) for error in errors]
+        raise next((error for error, fits in found if fits), found[0][0]) from None
+    # lazily: the rules assume every value is within its bounds
+    for field_path, message in itertools.chain(_value_problems(config, ""), rules.problems(config)):
+        raise ConfigError(field_path, message)  # the first one found
     return config
 
 
@@ -252,101 +272,145 @@ def config_to_dict(config: Any) -> dict:
     return plain(config)
 
 
-def _build(cls: type, raw: Any, path: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(path or "<root>", f"expected a mapping, got {_kind(raw)}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in known:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(where, f"unknown key; allowed: {', '.join(known)}")
-    values = {}
-    for name, spec in known.items():
-        if name not in raw:
-            required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
-            if required:
-                raise ConfigError(f"{path}.{name}" if path else name, "is required")
-            continue
-        where = f"{path}.{name}" if path else name
-        value = _convert(hints[name], raw[name], where)
-        _check_bounds(value, spec.metadata, where)
-        values[name] = value
-    return cls(**values)
+# ---------------------------------------------------------------------------- pydantic
+
+# The sections stay plain frozen dataclasses (the trial side and Ray's pickles use them,
+# without pydantic); the loader's strictness is attached to each of them by
+# config_adapter, in the form pydantic reads from a standard dataclass
+# (pydantic.with_config): an unknown key is an error, and so is an infinite or NaN number.
+_LOADER = {"extra": "forbid", "allow_inf_nan": False}
 
 
-def _convert(hint: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
+def section_classes(cls: type) -> list[type]:
+    """``cls`` and every dataclass its fields hold, each once."""
+    found, todo = [], [cls]
+    while todo:
+        current = todo.pop()
+        if current not in found:
+            found.append(current)
+            todo += [t for hint in typing.get_type_hints(current).values() for t in _inner_types(hint)
+                     if dataclasses.is_dataclass(t)]
+    return found
+
+
+def _inner_types(hint: Any) -> list[Any]:
     args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        choices = [a for a in args if a is not type(None)]
-        if len(choices) > 1:  # a range (a mapping) or one fixed value
-            ranged = [a for a in choices if dataclasses.is_dataclass(a)]
-            scalar = [a for a in choices if not dataclasses.is_dataclass(a)]
-            choices = ranged if isinstance(value, dict) else scalar
-        (inner,) = choices
-        return _convert(inner, value, path)
-    if dataclasses.is_dataclass(hint):
-        built = _build(hint, value, path)
-        if isinstance(built, (FloatRange, IntRange)) and built.low > built.high:
-            raise ConfigError(path, f"low ({built.low}) is above high ({built.high})")
-        if isinstance(built, FloatRange) and built.log and built.low <= 0:
-            raise ConfigError(f"{path}.low", f"a log-scale range needs low > 0, got {built.low}")
-        return built
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(path, f"expected a mapping, got {_kind(value)}")
-        return {str(k): _convert(args[1], v, f"{path}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(path, f"expected a list, got {_kind(value)}")
+    return [hint] if not args else [t for a in args for t in _inner_types(a)]
+
+
+@functools.cache
+def config_adapter() -> Any:
+    """pydantic's validator of :class:`Config`, built on the first file read (a second
+    or so): processes that only receive configs, as trials do, never pay for it."""
+    import pydantic
+
+    for section in section_classes(Config):
+        pydantic.with_config(pydantic.ConfigDict(**_LOADER))(section)
+    return pydantic.TypeAdapter(Config)
+
+
+# pydantic's error types, as this loader words them ({kind}: what the file holds there)
+_EXPECTED = {
+    "dataclass_type": "expected a mapping, got {kind}", "dict_type": "expected a mapping, got {kind}",
+    "int_type": "expected an integer, got {kind}", "int_from_float": "expected an integer, got {kind}",
+    "float_type": "expected a number, got {kind}", "finite_number": "expected a finite number, got {kind}",
+    "bool_type": "expected true or false, got {kind}", "string_type": "expected a string, got {kind}",
+    "tuple_type": "expected a list, got {kind}", "list_type": "expected a list, got {kind}",
+    "missing": "is required",
+}
+
+
+def _config_error(error: dict, raw: dict) -> tuple[ConfigError, bool]:
+    """One pydantic error as a ConfigError on the file's own path (``space.backbones[1]``),
+    and whether each union branch it went through fits the value there (a mapping is a
+    range, anything else a fixed value): pydantic names the branch in the location."""
+    hint, path, value, fits = Config, "", raw, True
+    loc = list(error["loc"])
+    while loc:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            if len(members) > 1:  # Optional names no branch
+                name = loc.pop(0)
+                hint = next(a for a in members if getattr(a, "__name__", str(a)) == name)
+                fits = fits and isinstance(value, dict) == dataclasses.is_dataclass(hint)
+            else:
+                hint = members[0]
+            continue
+        key = loc.pop(0)
+        value = value.get(key) if isinstance(value, dict) else value[key] if isinstance(value, list) else None
+        if dataclasses.is_dataclass(hint):
+            names = [f.name for f in dataclasses.fields(hint)]
+            path = f"{path}.{key}" if path else str(key)
+            if key not in names:
+                return ConfigError(path, f"unknown key; allowed: {', '.join(names)}"), fits
+            hint = typing.get_type_hints(hint)[key]
+        elif isinstance(key, int):
+            path, hint = f"{path}[{key}]", typing.get_args(hint)[0]
+        else:  # a mapping's key
+            path, hint = f"{path}.{key}", typing.get_args(hint)[1]
+    template = _EXPECTED.get(error["type"])
+    message = template.format(kind=_kind(error["input"])) if template else error["msg"]
+    return ConfigError(path or "<root>", message), fits
+
+
+def _json_data(raw: Any, path: str) -> Any:
+    """``raw`` as JSON holds it; a YAML value JSON has no form for (a date) is an error here."""
+    if isinstance(raw, dict):
+        return {str(k): _json_data(v, f"{path}.{k}" if path else str(k)) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_json_data(v, f"{path}[{i}]") for i, v in enumerate(raw)]
+    if raw is None or isinstance(raw, (bool, int, float, str)):
+        return raw
+    raise ConfigError(path, f"expected a number, a string, true or false, a list or a mapping, got {_kind(raw)}")
+
+
+# ---------------------------------------------------------------------------- values
+
+def _value_problems(value: Any, path: str) -> typing.Iterator[tuple[str, str]]:
+    """What the types allow but the declarations do not: each field's bounds (its
+    metadata), a range's ends in order, lists of distinct choices, no empty names."""
+    if isinstance(value, (FloatRange, IntRange)):
+        if value.low > value.high:
+            yield path, f"low ({value.low}) is above high ({value.high})"
+        if isinstance(value, FloatRange) and value.log and value.low <= 0:
+            yield f"{path}.low", f"a log-scale range needs low > 0, got {value.low}"
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            where = f"{path}.{f.name}" if path else f.name
+            field_value = getattr(value, f.name)
+            yield from _value_problems(field_value, where)
+            yield from _bound_problems(field_value, f.metadata.get("bounds"), where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _value_problems(item, f"{path}.{key}")
+    elif isinstance(value, tuple):
         if not value:
-            raise ConfigError(path, "must not be empty")
-        items = tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(set(items)) != len(items):
-            raise ConfigError(path, "has duplicates")
-        return items
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, f"expected true or false, got {_kind(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, f"expected an integer, got {_kind(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"expected a number, got {_kind(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(path, f"expected a finite number, got {value}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, f"expected a string, got {_kind(value)}")
-        if not value.strip():
-            raise ConfigError(path, "must not be empty")
-        return value
-    raise TypeError(f"unsupported config type {hint!r} at {path}")  # a bug in this module
+            yield path, "must not be empty"
+        elif len(set(value)) != len(value):
+            yield path, "has duplicates"
+        for index, item in enumerate(value):
+            yield from _value_problems(item, f"{path}[{index}]")
+    elif isinstance(value, str) and not value.strip():
+        yield path, "must not be empty"
 
 
-def _check_bounds(value: Any, meta: Any, path: str) -> None:
-    declared = meta.get("bounds") if meta else None
+def _bound_problems(value: Any, declared: Bounds | None, path: str) -> typing.Iterator[tuple[str, str]]:
     if declared is None or value is None:
         return
     if isinstance(value, (FloatRange, IntRange)):
-        _check_bounds(value.low, meta, f"{path}.low")
-        _check_bounds(value.high, meta, f"{path}.high")
+        yield from _bound_problems(value.low, declared, f"{path}.low")
+        yield from _bound_problems(value.high, declared, f"{path}.high")
         return
     problem = declared.problem(value)
     if problem:
-        raise ConfigError(path, problem)
+        yield path, problem
 
 
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
         type(value), f"{type(value).__name__} {value!r}"
     )

@@ -2,23 +2,22 @@
 shipped configs name it in their first line (``# yaml-language-server: $schema=...``)
 so that an editor with the YAML language server validates and completes them.
 
-Pydantic derives the structure from the config's own dataclasses (search.config); the
-bounds, allowed names and descriptions those declare in their field metadata and
-registries are added here, so nothing is written twice. The loader
-(:func:`search.config.load_config`) stays the authority: it also checks the rules that
-span fields, which a schema cannot state.
+Pydantic, which loads the config (search.config), derives the structure from the
+config's own dataclasses, unknown keys refused as the loader refuses them; the bounds,
+allowed names and descriptions those declare in their field metadata and registries are
+added here, so nothing is written twice. The loader stays the authority: it also checks
+the rules that span fields, which a schema cannot state.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from pathlib import Path
 from typing import Any
 
 from search import strategies
-from search.config import Config
+from search.config import Config, config_adapter, section_classes
 from search.strategies import TPU_ACCELERATORS
 from trainables import backbones
 from trainables.params import Bounds
@@ -30,13 +29,10 @@ SCHEMA_LINE = "# yaml-language-server: $schema=hpsearch.schema.json"
 
 def config_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a config file."""
-    from pydantic import TypeAdapter
-
-    schema = TypeAdapter(Config).json_schema()
+    schema = config_adapter().json_schema()
     definitions = schema.setdefault("$defs", {})
-    for cls in _dataclasses(Config):
+    for cls in section_classes(Config):
         node = schema if cls is Config else definitions[cls.__name__]
-        node["additionalProperties"] = False  # an unknown key is an error, as in the loader
         for f in dataclasses.fields(cls):
             _annotate(node["properties"][f.name], f.metadata)
     for node in (definitions["ResourcesConfig"], definitions["ShapeOverride"]):
@@ -49,24 +45,6 @@ def config_schema() -> dict[str, Any]:
 
 def schema_text() -> str:
     return json.dumps(config_schema(), indent=2) + "\n"
-
-
-def _dataclasses(cls: type) -> list[type]:
-    """``cls`` and every dataclass its fields hold, each once."""
-    found, todo = [], [cls]
-    while todo:
-        current = todo.pop()
-        if current in found:
-            continue
-        found.append(current)
-        for hint in typing.get_type_hints(current).values():
-            todo += [t for t in _inner_types(hint) if dataclasses.is_dataclass(t)]
-    return found
-
-
-def _inner_types(hint: Any) -> list[Any]:
-    args = typing.get_args(hint)
-    return [hint] if not args else [t for a in args for t in _inner_types(a)]
 
 
 def _scalar(prop: dict[str, Any]) -> dict[str, Any]:
