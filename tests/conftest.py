@@ -55,15 +55,21 @@ def pytest_collection_modifyitems(config, items):
     """The HEAVY modules first (one scope, started at once), then the other modules with
     slow tests, then the rest; each module's tests kept together and in order: the two
     test processes then end together instead of one starting a long module while the
-    other has finished."""
+    other has finished. Of the other slow modules, those that start no Ray (trainables)
+    go first: the other process starts its first clusters meanwhile, and a Ray node
+    started beside another cluster's start-up is the likeliest to miss Ray's fixed 30 s
+    to register."""
     has_slow = {item.path for item in items if item.get_closest_marker("slow")}
 
     def heavy_rank(item) -> int:
         module = item.nodeid.split("::", 1)[0]
         return HEAVY.index(module) if module in HEAVY else len(HEAVY)
 
+    def starts_ray(item) -> bool:
+        return not item.nodeid.startswith("tests/trainables/")
+
     # stable: the order within each part stays
-    items.sort(key=lambda item: (item.path not in has_slow, heavy_rank(item)))
+    items.sort(key=lambda item: (item.path not in has_slow, heavy_rank(item), starts_ray(item)))
 
 
 def pytest_xdist_make_scheduler(config, log):

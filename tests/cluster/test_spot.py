@@ -1,7 +1,7 @@
 """A Spot reclaim under a running mwms trial, on Ray nodes on 127.0.0.1.
 
 The head (on-demand: it has the resource the trial function asks for, as the chart's
-on-demand groups have) and three one-CPU worker nodes, each a `ray start --block` of its
+on-demand groups have) and four one-CPU worker nodes, each a `ray start --block` of its
 own, with the environment the chart gives Spot pods. The search is `hpsearch run`, as a
 user starts it. Mid-epoch, the node under the trial's rank 0 gets SIGTERM, what GKE
 sends a Spot node's pod: Ray marks the node draining with a deadline
@@ -52,18 +52,21 @@ class Nodes:
         self.texts: dict[Path, tuple[int, str]] = {}
         self.port = free_port()
 
-    def start(self, *args: str, head: bool = False) -> Path:
-        directory = Path(tempfile.mkdtemp(prefix="rayspot-", dir="/tmp"))  # short: socket paths
-        where = [f"--port={self.port}", "--include-dashboard=false"] if head else [f"--address=127.0.0.1:{self.port}"]
-        self.processes.append(subprocess.Popen(
-            [str(BIN / "ray"), "start", *(["--head"] if head else []), "--block", *where,
-             f"--temp-dir={directory}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args],
-            env=self.env, stdout=open(f"{directory}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        self.dirs.append(directory)
-        log = Path(f"{directory}.log")
-        wait_for(lambda: "Ray runtime started" in log.read_text(), 120, f"the node in {directory}", log=log)
-        return directory
+    def start(self, *args: str, head: bool = False, count: int = 1) -> None:
+        """Start ``count`` nodes at once (each joins the head on its own) and wait for them all."""
+        logs = []
+        for _ in range(count):
+            directory = Path(tempfile.mkdtemp(prefix="rayspot-", dir="/tmp"))  # short: socket paths
+            where = [f"--port={self.port}", "--include-dashboard=false"] if head else [f"--address=127.0.0.1:{self.port}"]
+            self.processes.append(subprocess.Popen(
+                [str(BIN / "ray"), "start", *(["--head"] if head else []), "--block", *where,
+                 f"--temp-dir={directory}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                 f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args],
+                env=self.env, stdout=open(f"{directory}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+            self.dirs.append(directory)
+            logs.append(Path(f"{directory}.log"))
+        for log in logs:
+            wait_for(lambda: "Ray runtime started" in log.read_text(), 120, f"the node logging to {log}", log=log)
 
     def refresh(self) -> frozenset:
         """Read the workers' stderr files again (a new worker process, as each attempt's
@@ -102,8 +105,9 @@ def nodes():
     cluster = Nodes(env)
     try:
         cluster.start("--num-cpus=1", f'--resources={{"{ON_DEMAND}": 1}}', head=True)
-        for _ in range(3):
-            cluster.start("--num-cpus=1")
+        # two nodes for a trial's workers, one to restart them on, and one that stands in
+        # for the Spot pool's new node after the first reclaim: started together up front
+        cluster.start("--num-cpus=1", count=4)
         yield cluster
     finally:
         cluster.stop()
@@ -193,7 +197,6 @@ def test_a_reclaimed_node_costs_no_step_with_checks_and_the_epochs_steps_without
     wait_for(lambda: nodes.processes[reclaimed["node"]].poll() is not None, 60, "the reclaimed node's end")
     assert {line[-1] for line in lines if line[1] == 2} != {reclaimed["node"]}
 
-    nodes.start("--num-cpus=1")  # the Spot pool's new node
     row, history, reclaimed, lines, decisions = run_reclaimed_search(nodes, tmp_path / "off", 0)
     print(f"no checks: reclaimed at step {reclaimed.get('at_step')}; restarts {decisions}; lines {lines}")
     assert "node" in reclaimed and row["status"] == "TERMINATED", row["error"]
