@@ -238,9 +238,59 @@ def wait_for(condition, timeout_s: float, what: str, log: Path | None = None) ->
         if condition():
             return
         time.sleep(1)
-    shown = "" if log is None else "; the log ends:\n" + "\n".join(
+    pytest.fail(f"{what} not seen within {timeout_s} s{_log_end(log)}")
+
+
+def _log_end(log: Path | None) -> str:
+    return "" if log is None else "; the log ends:\n" + "\n".join(
         line for line in log.read_text().splitlines() if "took" not in line)[-6000:]
-    pytest.fail(f"{what} not seen within {timeout_s} s{shown}")
+
+
+# The poller wait_in_one_process runs: ``setup`` once it succeeds (a connection), then
+# ``condition`` each second until it holds or the time is up.
+POLLER = """
+import sys, time
+setup, condition, timeout_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
+deadline, scope, last = time.monotonic() + timeout_s, None, "not asked"
+while time.monotonic() < deadline:
+    try:
+        if scope is None:
+            exec(setup, fresh := {})
+            scope = fresh
+        if eval(condition, scope):
+            print("held")
+            sys.exit(0)
+        last = "false"
+    except Exception as exc:  # the cluster not up yet, or busy: asked again
+        last = f"{type(exc).__name__}: {exc}"
+    time.sleep(1)
+print("last:", last)
+"""
+
+
+def wait_in_one_process(setup: str, condition: str, timeout_s: float, what: str, env: dict,
+                        log: Path | None = None) -> None:
+    """Like :func:`wait_for`, for a condition only a Ray client can ask (the cluster's
+    nodes, a job's status): asked each second by one Python process that connects once.
+    A process per ask would import Ray each time, about 2 CPU-seconds that a 2-core
+    machine takes from the tests beside it."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    done = subprocess.run([sys.executable, "-c", POLLER, setup, condition, str(timeout_s)], env=env,
+                          capture_output=True, text=True, timeout=timeout_s + 120)
+    if "held" not in done.stdout.splitlines():
+        pytest.fail(f"{what} not seen within {timeout_s} s ({done.stdout.strip()[-500:]}; "
+                    f"{done.stderr.strip()[-1500:]}){_log_end(log)}")
+
+
+def ray_nodes_alive(address: str, count: int, at_least: bool = False) -> tuple[str, str]:
+    """``wait_in_one_process``'s setup and condition for the Ray at ``address`` to have
+    ``count`` (or ``at_least`` that many) alive nodes."""
+    setup = f"import ray; ray.init(address={address!r}, logging_level='ERROR')"
+    return setup, f"sum(n['Alive'] for n in ray.nodes()) {'>=' if at_least else '=='} {count}"
 
 
 def stop_process_groups(processes, grace_s: float = 5.0) -> None:

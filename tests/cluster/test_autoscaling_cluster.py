@@ -35,7 +35,8 @@ import pytest
 from cluster.autoscaling import autoscaling_config, plan_launch
 from search.config import load_config
 from search.schedulable import trial_placement_groups
-from support import REPO, free_port, scenario_raycluster, stop_process_groups, wait_for
+from support import (REPO, free_port, ray_nodes_alive, scenario_raycluster, stop_process_groups, wait_for,
+                     wait_in_one_process)
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,7 @@ def autoscaling_cluster():
     driver_env = {k: v for k, v in env.items() if not k.startswith(("RAY_OVERRIDE", "RAY_CLOUD", "RAY_FAKE"))}
     address = f"127.0.0.1:{port}"
     try:
-        wait_for(lambda: alive_nodes(address, driver_env) == 1, 120, "the head alone")
+        wait_in_one_process(*ray_nodes_alive(address, 1), 120, "the head alone", driver_env)
         yield address, driver_env, Path(temp_dir, "session_latest", "logs", "monitor.log")
     finally:
         stop_process_groups([head])  # the fake nodes are the monitor's children, in the head's group
@@ -237,7 +238,7 @@ def test_every_trial_shape_scales_its_group_from_zero_and_back_and_a_lost_node_i
 
     # 3. and back to zero: every worker node removed once idle (Ray Train's detached
     # coordinator actor is on the head: search.distributed.keep_train_coordinator_on_this_node)
-    wait_for(lambda: alive_nodes(address, env) == 1, 30 * IDLE_TIMEOUT_S, "every group at zero", monitor_log)
+    wait_in_one_process(*ray_nodes_alive(address, 1), 30 * IDLE_TIMEOUT_S, "every group at zero", env, monitor_log)
     log = monitor_log.read_text()
     for group in ("gpu", "tpu", "cpu"):
         assert re.search(rf"Removing \d+ nodes of type {group} \(idle\)", log), group

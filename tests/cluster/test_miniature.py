@@ -21,14 +21,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from support import (assert_each_epoch_trained_once, create_bucket, free_port, scenario_raycluster, start_fake_gcs,
-                     stop_process_groups, wait_for)
+from support import (assert_each_epoch_trained_once, create_bucket, free_port, ray_nodes_alive, scenario_raycluster,
+                     start_fake_gcs, stop_process_groups, wait_in_one_process)
 
 pytestmark = pytest.mark.slow
 
@@ -91,14 +90,15 @@ def miniature(tmp_path_factory):
     # a job ended would delete the job's files under the other nodes' processes
     worker_dirs = [tempfile.mkdtemp(prefix="raymw-", dir="/tmp") for _ in range(group["replicas"])]
     try:
-        wait_for(lambda: ray_status_nodes(env, gcs_port) >= 1, 120, "the head")
+        wait_in_one_process(*ray_nodes_alive(f"127.0.0.1:{gcs_port}", 1, at_least=True), 120, "the head", env)
         for replica, worker_dir in enumerate(worker_dirs, start=1):
             processes.append(subprocess.Popen(
                 [str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs_port}", f"--num-cpus={worker_cpus}",
                  f"--temp-dir={worker_dir}", *own_ports(), *start_params(group["rayStartParams"]), *common],
                 env=env, stdout=open(f"{temp_dir}-worker{replica}.log", "w"), stderr=subprocess.STDOUT,
                 start_new_session=True))
-        wait_for(lambda: ray_status_nodes(env, gcs_port) >= 1 + len(worker_dirs), 180, "the worker nodes")
+        wait_in_one_process(*ray_nodes_alive(f"127.0.0.1:{gcs_port}", 1 + len(worker_dirs), at_least=True), 180,
+                            "the worker nodes", env)
         address = f"http://127.0.0.1:{dashboard_port}"
         wait_for_job_server(address, env)
         yield address, env, gcs_port
@@ -107,13 +107,6 @@ def miniature(tmp_path_factory):
         server.stop()
         for directory in (temp_dir, *worker_dirs):
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def ray_status_nodes(env, gcs_port) -> int:
-    code = ("import ray; ray.init(address='127.0.0.1:%d', logging_level='ERROR'); "
-            "print(sum(n['Alive'] for n in ray.nodes()))" % gcs_port)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else 0
 
 
 def wait_for_job_server(address: str, env: dict, wait_s: int = 120) -> None:
@@ -170,22 +163,19 @@ def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, proje
     first = subprocess.run(["bash", "-c", line], cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     job_id = re.search(r"Job '([^']+)' submitted successfully", first.stdout + first.stderr).group(1)
-    deadline = time.monotonic() + 600
-    logs = ""
-    while " completed after " not in logs and time.monotonic() < deadline:
-        time.sleep(2)
-        logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env,
-                              capture_output=True, text=True, timeout=60).stdout
-        assert job_status(address, env, job_id) in ("PENDING", "RUNNING"), logs[-3000:]
+    client = f"from ray.job_submission import JobSubmissionClient; client = JobSubmissionClient({address!r})"
+    wait_in_one_process(client, f"' completed after ' in client.get_job_logs({job_id!r}) or "
+                                f"client.get_job_status({job_id!r}).value not in ('PENDING', 'RUNNING')",
+                        600, "a finished trial or the job's end", env)
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert job_status(address, env, job_id) in ("PENDING", "RUNNING"), logs[-3000:]
     finished_before = set(re.findall(r"Trial (\S+) completed after", logs))
     assert finished_before, logs[-3000:]
     stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", address, job_id], env=env,
                           capture_output=True, text=True, timeout=120)
-    deadline, status = time.monotonic() + 120, None
-    while status != "STOPPED" and time.monotonic() < deadline:
-        status = job_status(address, env, job_id)
-        time.sleep(1)
-    assert status == "STOPPED", (status, stop.stdout[-1000:], stop.stderr[-1000:])
+    wait_in_one_process(client, f"client.get_job_status({job_id!r}).value == 'STOPPED'", 120,
+                        f"the job stopped (ray job stop said: {stop.stdout[-500:]} {stop.stderr[-500:]})", env)
 
     # 2. resubmit with --resume, through `hpsearch cluster submit --follow` this time:
     # the job's own output streamed until it ends, then its logs and a stop of the
