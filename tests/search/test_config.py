@@ -91,6 +91,11 @@ BAD = {
     "no steps per call": ("resources: {steps_per_execution: 0}", "resources.steps_per_execution"),
     "batch not divisible": ("recipe: {batch_size: 33}\nresources: {strategy: mwms, workers: 2}", "recipe.batch_size"),
     "staged data on s3": ("data: {dataset: 's3://bucket/cifar'}", "data.dataset"),
+    "unknown key in a range": ("space: {dropout: {low: 0.1, hgh: 0.2}}", "space.dropout.hgh"),
+    "unknown key in an override": ("resources: {backbones: {B1: {workerz: 2}}}", "resources.backbones.B1.workerz"),
+    "wrong type in an override": ("resources: {backbones: {B1: {workers: two}}}", "resources.backbones.B1.workers"),
+    "a date for a name": ("search: {name: 2026-12-01}", "search.name"),
+    "a string for a number": ("recipe: {head_lr: '0.01'}", "recipe.head_lr"),
 }
 
 
