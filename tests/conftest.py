@@ -41,14 +41,15 @@ def fake_gcs(tmp_path_factory):
     server.stop()
 
 
-# The modules whose Ray clusters run trainings on every core (several nodes, or two
-# TensorFlow workers): one test process runs them one after the other, so that a Ray
-# starting in the other process is not starved (a raylet that has not registered within
-# Ray's fixed 30 s fails its node's start).
+# The modules whose Ray clusters have several nodes, and the driver test whose searches
+# start a local Ray of their own twice: one test process runs them one after the other,
+# so that their clusters never start beside each other (a raylet that has not registered
+# within Ray's fixed 30 s fails its node's start, and a busy machine makes that likelier),
+# and the two processes' shares of the suite come out about even (measured: 18 min).
 # In this order: the Spot drain test last, when the other process is likeliest to have
 # finished (its timing is the most sensitive to a busy machine, and the longest).
 HEAVY = ("tests/cluster/test_autoscaling_cluster.py", "tests/cluster/test_miniature.py",
-         "tests/search/test_distributed.py", "tests/cluster/test_spot.py")
+         "tests/search/test_faults.py", "tests/cluster/test_spot.py")
 
 
 def pytest_collection_modifyitems(config, items):
