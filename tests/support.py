@@ -217,13 +217,24 @@ def assert_each_epoch_trained_once(history, interruptions: int) -> None:
             assert len(attempts) == 2 and attempts[0] < attempts[1], (trial_id, reports[["epoch", "attempt"]].values.tolist())
 
 
+# Every port free_port has handed out in this process.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    """A TCP port free on 127.0.0.1 now (for a server a test starts), and never one this
+    process handed out before: the kernel may give a port again once the probe has closed
+    it, before the server it was meant for binds it, or while that server holds it (seen:
+    a Ray head's GCS port given again as a worker node's agent port, which Ray refuses)."""
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(condition, timeout_s: float, what: str, log: Path | None = None) -> None:
