@@ -57,10 +57,10 @@ class Nodes:
 
     def start(self, *args: str, head: bool = False, count: int = 1) -> None:
         """Start ``count`` nodes at once (each joins the head on its own) and wait for them all."""
+        where = [f"--port={self.port}", "--include-dashboard=false"] if head else [f"--address=127.0.0.1:{self.port}"]
         logs = []
         for _ in range(count):
             directory = Path(tempfile.mkdtemp(prefix="rayspot-", dir="/tmp"))  # short: socket paths
-            where = [f"--port={self.port}", "--include-dashboard=false"] if head else [f"--address=127.0.0.1:{self.port}"]
             self.processes.append(subprocess.Popen(
                 [str(BIN / "ray"), "start", *(["--head"] if head else []), "--block", *where,
                  f"--temp-dir={directory}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
