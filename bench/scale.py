@@ -262,6 +262,7 @@ def run_arm(storage_kind: str, trials: int, concurrent: int, work: Path) -> dict
     last = rows[-1]
     return {
         "storage": storage_kind,
+        "commit": commit(),
         # Tune's experiment snapshot period as this run had it (search.run sets it)
         "snapshot_period": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto"),
         "trials": trials,
@@ -279,6 +280,23 @@ def run_arm(storage_kind: str, trials: int, concurrent: int, work: Path) -> dict
         "tables_s": round(tables_wall, 1),
         "tables_cpu_s": round(tables_cpu, 1),
         "sizes": rows,
+    }
+
+
+def goals_met(arm: dict) -> dict:
+    """Each goal against an arm: the driver's CPU per trial outside the sampler (over the
+    whole run, and over the last size's trials alone), its RSS growth, and whether the
+    bytes written per trial stay flat (the last size's trials against the first's, within
+    25%)."""
+    first, last = arm["sizes"][0]["since_previous"], arm["sizes"][-1]["since_previous"]
+    last_outside = last["driver_s_per_trial"] - last["suggest_s_per_trial"]
+    growth = last["storage_bytes_per_trial"] / max(first["storage_bytes_per_trial"], 1)
+    return {
+        "driver_s_per_trial_outside_sampler": arm["outside_sampler_s_per_trial"] <= GOALS["driver_s_per_trial_outside_sampler"],
+        "driver_s_per_trial_outside_sampler_last_size": round(last_outside, 4),
+        "driver_rss_growth_mib": arm["driver_rss_growth_mib"] <= GOALS["driver_rss_growth_mib"],
+        "storage_bytes_per_trial_last_over_first_size": round(growth, 2),
+        "storage_flat": growth <= 1.25,
     }
 
 
@@ -317,11 +335,14 @@ def main() -> None:
     parser.add_argument("--snapshot-period", default=None,
                         help="Tune's experiment snapshot period (TUNE_GLOBAL_CHECKPOINT_S: seconds or 'auto'); "
                              "default: what hpsearch sets")
+    parser.add_argument("--include-arm", action="append", default=[], metavar="FILE",
+                        help="an arm's JSON as an earlier run of this script printed it, added to the results "
+                             "(an arm on other storage measured in a run of its own)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     args = parser.parse_args()
     if args.snapshot_period is not None:
         os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = args.snapshot_period
-    arms = []
+    arms = [json.loads(Path(path).read_text()) for path in args.include_arm]
     for kind in args.storage:
         work = Path(tempfile.mkdtemp(prefix=f"hpsearch-scale-{kind}-"))
         server = None
@@ -338,11 +359,13 @@ def main() -> None:
             if server is not None:
                 server.stop()
         print(json.dumps(arms[-1], indent=1), flush=True)
+    for arm in arms:
+        arm["goals_met"] = goals_met(arm)
     result = {
         "benchmark": "scale",
         "machine": machine(),
         "commit": commit(),
-        "trials": args.trials,
+        "trials": {arm["storage"]: arm["trials"] for arm in arms},
         "concurrent": args.concurrent,
         "epochs_per_trial": f"up to {EPOCHS} (ASHA: grace 1, reduction factor 3)",
         "driver_s_per_trial": {arm["storage"]: arm["driver_s_per_trial"] for arm in arms},

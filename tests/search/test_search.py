@@ -50,6 +50,41 @@ def test_every_search_setting_reaches_tune(tmp_path):
     assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [2, 6, 18]
 
 
+def test_tune_snapshots_small_rounds_at_every_step_and_large_ones_on_its_timer(tmp_path, monkeypatch):
+    """The period Tune's controller reads (TUNE_GLOBAL_CHECKPOINT_S, at fit) follows the
+    round's trial count, round after round in one process; a value the user set wins."""
+    from search import run
+
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "")  # so that the test's end restores what was there
+    monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S")
+    monkeypatch.setattr(run, "_snapshot_period_set", None)
+    periods = []
+    for trials in (run.EVERY_STEP_UP_TO_TRIALS, run.EVERY_STEP_UP_TO_TRIALS + 1, 4):
+        config = Config(search=SearchConfig(name=f"period-{trials}", num_trials=trials),
+                        storage=StorageConfig(path=str(tmp_path)))
+        build_tuner(config, resolve(str(tmp_path)), trainable=quadratic_trial)
+        periods.append(run.os.environ["TUNE_GLOBAL_CHECKPOINT_S"])
+    assert periods == ["0", "auto", "0"]
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "30")
+    build_tuner(config, resolve(str(tmp_path)), trainable=quadratic_trial)
+    assert run.os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30"
+
+
+def test_trials_write_the_result_files_tune_reads_back_and_no_tensorboard_events(tmp_path, monkeypatch):
+    """Tune's own default callbacks, made from the run's: the JSON and CSV loggers that
+    ResultGrid reads reports from, no TensorBoard logger (a writer thread per trial)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+    from ray.tune.utils.callback import _create_default_callbacks
+
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "")  # so that the test's end restores what was there
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    config = Config(search=SearchConfig(name="loggers", num_trials=2), storage=StorageConfig(path=str(tmp_path)))
+    tuner = build_tuner(config, resolve(str(tmp_path)), trainable=quadratic_trial)
+    callbacks = _create_default_callbacks(list(tuner._local_tuner._run_config.callbacks))
+    kinds = {type(c) for c in callbacks}
+    assert {JsonLoggerCallback, CSVLoggerCallback} <= kinds and TBXLoggerCallback not in kinds
+
+
 def quadratic_trial(config):
     """A cheap deterministic stand-in for training, so sampling can be compared exactly."""
     score = 1.0 - (config["max_lr"] - 0.03) ** 2 * 100 - (config["dropout"] - 0.4) ** 2
