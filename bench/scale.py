@@ -315,9 +315,10 @@ def plot(arms: list[dict], path: Path) -> None:
         axes[0].plot(sizes, [s["snapshot_s_per_trial"] * 1000 for s in since], "^:", label=f"{arm['storage']}: snapshot")
         axes[1].plot(sizes, [row["rss_mib"] for row in arm["sizes"]], "o-", label=arm["storage"])
         axes[2].plot(sizes, [s["storage_bytes_per_trial"] / 1024 for s in since], "o-", label=arm["storage"])
-    axes[0].set_ylabel("driver CPU ms per trial (trials since the previous size)")
+    axes[0].set_ylabel("driver CPU ms per trial")
     axes[1].set_ylabel("driver RSS (MiB)")
-    axes[2].set_ylabel("KiB written to storage per trial (since the previous size)")
+    axes[2].set_ylabel("KiB written to storage per trial")
+    fig.suptitle("per trial over the trials since the previous size (left, right); at each size (middle)")
     for ax in axes:
         ax.set_xlabel("trials finished")
         ax.grid(alpha=0.3)
