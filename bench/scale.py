@@ -292,7 +292,8 @@ def goals_met(arm: dict) -> dict:
     last_outside = last["driver_s_per_trial"] - last["suggest_s_per_trial"]
     growth = last["storage_bytes_per_trial"] / max(first["storage_bytes_per_trial"], 1)
     return {
-        "driver_s_per_trial_outside_sampler": arm["outside_sampler_s_per_trial"] <= GOALS["driver_s_per_trial_outside_sampler"],
+        "driver_s_per_trial_outside_sampler":
+            arm["outside_sampler_s_per_trial"] <= GOALS["driver_s_per_trial_outside_sampler"],
         "driver_s_per_trial_outside_sampler_last_size": round(last_outside, 4),
         "driver_rss_growth_mib": arm["driver_rss_growth_mib"] <= GOALS["driver_rss_growth_mib"],
         "storage_bytes_per_trial_last_over_first_size": round(growth, 2),
@@ -312,7 +313,8 @@ def plot(arms: list[dict], path: Path) -> None:
         since = [row["since_previous"] for row in arm["sizes"]]
         axes[0].plot(sizes, [s["driver_s_per_trial"] * 1000 for s in since], "o-", label=f"{arm['storage']}: driver")
         axes[0].plot(sizes, [s["suggest_s_per_trial"] * 1000 for s in since], "s--", label=f"{arm['storage']}: sampler")
-        axes[0].plot(sizes, [s["snapshot_s_per_trial"] * 1000 for s in since], "^:", label=f"{arm['storage']}: snapshot")
+        axes[0].plot(sizes, [s["snapshot_s_per_trial"] * 1000 for s in since], "^:",
+                     label=f"{arm['storage']}: snapshot")
         axes[1].plot(sizes, [row["rss_mib"] for row in arm["sizes"]], "o-", label=arm["storage"])
         axes[2].plot(sizes, [s["storage_bytes_per_trial"] / 1024 for s in since], "o-", label=arm["storage"])
     axes[0].set_ylabel("driver CPU ms per trial")

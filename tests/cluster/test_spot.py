@@ -188,7 +188,8 @@ def run_reclaimed_search(nodes: Nodes, tmp_path: Path, check_steps: int, kill_af
     reclaimed: dict = {}
     before = nodes.refresh()  # the earlier searches' workers
     stop = threading.Event()
-    reclaimer = threading.Thread(target=reclaim_rank_zeros_node_mid_epoch, args=(nodes, before, reclaimed, stop, kill_after_s),
+    reclaimer = threading.Thread(target=reclaim_rank_zeros_node_mid_epoch,
+                                 args=(nodes, before, reclaimed, stop, kill_after_s),
                                  daemon=True)
     reclaimer.start()
     try:
