@@ -44,10 +44,10 @@ PER_CALL = 2  # steps_per_execution: the progress lines' grain
 DRAIN_S = 10
 # With checks off nothing uses the notice: the node is killed whole (every process its
 # `ray start` started, whatever their process group) this soon after it, as the kubelet
-# ends a pod whose grace period is over. Left to Ray's drain (and once with `ray start`'s
-# process group SIGKILLed 13 s after the notice), rank 0 on a fast machine trained the
-# epoch to its end on that node and nothing restarted, in 3 of 8 runs; killed whole, it
-# restarted in every run.
+# ends a pod whose grace period is over. On a fast machine rank 0 trained the epoch to
+# its end on that node and nothing restarted: left to Ray's drain in 2 of 7 runs, with
+# `ray start`'s process group SIGKILLed 2 or 13 s after the notice in 3 of 4 (the
+# workers outlived it); killed whole, it restarted in every run.
 KILL_UNCHECKED_AFTER_S = 2
 ON_DEMAND = "on_demand"
 PROGRESS = re.compile(r"epoch (\d+), attempt (\d+), rank (\d+): steps (\d+)-(\d+) of (\d+) trained")
