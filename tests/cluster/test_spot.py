@@ -126,8 +126,8 @@ def nodes():
 def reclaim_rank_zeros_node_mid_epoch(nodes: Nodes, skip: frozenset, reclaimed: dict, stop: threading.Event,
                                       kill_after_s: float | None) -> None:
     """Once rank 0 has trained 3 checks' worth of steps, SIGTERM the `ray start` of the
-    node it runs on (a worker node: the trial function is on the head), and SIGKILL the
-    node's process group ``kill_after_s`` later (None: Ray stops it at the drain's
+    node it runs on (a worker node: the trial function is on the head), and SIGKILL every
+    process of the node ``kill_after_s`` later (None: Ray stops it at the drain's
     deadline); then keep reading the workers' files until the search ends."""
     while not stop.wait(0.5):
         if kill_after_s is not None and "signalled_at" in reclaimed and "killed_at_s" not in reclaimed \

@@ -1,6 +1,7 @@
 """The Tuner wiring: seeded TPE sampling, ASHA on epochs, per-backbone trial shapes on a real
 (local) Ray, the tables a search writes."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,11 +64,11 @@ def test_tune_snapshots_small_rounds_at_every_step_and_large_ones_on_its_timer(t
         config = Config(search=SearchConfig(name=f"period-{trials}", num_trials=trials),
                         storage=StorageConfig(path=str(tmp_path)))
         build_tuner(config, resolve(str(tmp_path)), trainable=quadratic_trial)
-        periods.append(run.os.environ["TUNE_GLOBAL_CHECKPOINT_S"])
+        periods.append(os.environ["TUNE_GLOBAL_CHECKPOINT_S"])
     assert periods == ["0", "auto", "0"]
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "30")
     build_tuner(config, resolve(str(tmp_path)), trainable=quadratic_trial)
-    assert run.os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30"
+    assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "30"
 
 
 def test_trials_write_the_result_files_tune_reads_back_and_no_tensorboard_events(tmp_path, monkeypatch):
