@@ -33,12 +33,13 @@ def worker_loop(config: dict[str, Any]) -> None:
     """The per-worker function Ray Train runs on every worker."""
     import ray.train
 
-    from trainables.checkpoint import resume_directory
     from trainables.strategy import limit_threads, make_strategy
+
+    limit_threads(config["cpus_per_worker"])  # first: it imports TensorFlow without its notices
+    from trainables.checkpoint import resume_directory
     from trainables.train import WorkerContext, train_trial
 
     context = ray.train.get_context()
-    limit_threads(config["cpus_per_worker"])
     log_level_from_environment()
     strategy = make_strategy(config["strategy"])
     checks = config["preemption_check_steps"]

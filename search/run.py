@@ -106,11 +106,11 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str, 
     from a thread of its own (``InBackground``) while the next one trains, as Ray
     Train's asynchronous upload does for distributed trials.
     """
+    limit_threads(plan.shape.cpus_per_worker)  # first: it imports TensorFlow without its notices
     from trainables.reporting import InBackground
     from trainables.train import WorkerContext, train_trial
 
     spec = trial_spec(config, sampled, plan)
-    limit_threads(plan.shape.cpus_per_worker)
     context = WorkerContext(precision=plan.precision,
                             steps_per_execution=config.resources.steps_per_execution)
     best = BestKeeper(experiment_uri, tune.get_context().get_trial_id())

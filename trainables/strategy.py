@@ -37,9 +37,12 @@ def limit_threads(cpus: float) -> None:
 
     Ray workers see every core of their node; without a cap, two trials (or two workers
     of one trial) on a node each start pools the size of the machine and slow each other
-    down. Call before TensorFlow runs its first op.
+    down. Call before TensorFlow runs its first op. It is the first import of TensorFlow
+    in a trial's process, made without TensorFlow's start-up notices.
     """
-    import tensorflow as tf
+    from trainables.notices import import_tensorflow
+
+    tf = import_tensorflow()
 
     threads = max(1, round(cpus))  # 1.99 CPUs (a worker beside a 0.01 driver) is 2 threads
     try:

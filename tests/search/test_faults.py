@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from support import assert_each_epoch_trained_once
+from trainables.notices import is_startup_notice
 from trainables.storage import resolve
 
 pytestmark = pytest.mark.slow
@@ -93,6 +94,10 @@ def test_a_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_
     assert "search stopped by SIGTERM; its state is saved. Resume with: hpsearch run --config " in output
     assert f"{config} --smoke-test --resume" in output
     assert "*** SIGTERM received" not in output  # Ray's native crash handler did not fire
+    # the trial processes' lines reach the console, without TensorFlow's start-up notices
+    trial_lines = [line for line in output.splitlines() if "(run_trial pid=" in line]
+    assert trial_lines, output[-3000:]
+    assert not [line for line in trial_lines if is_startup_notice(line)]
     location = resolve("gs://hpsearch-test/experiments")
     assert not location.exists(location.join("resumed-smoke", "driver.lease"))  # released on the way out
 
