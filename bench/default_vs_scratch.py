@@ -1,6 +1,7 @@
-"""The offline default against the from-scratch search, in the same wall time.
+"""The offline task's refined search against the from-scratch search, in the same wall
+time.
 
-Runs ``configs/local.yaml`` (fine-tuning ImageNet-pretrained EfficientNet-Lite0/1/2 on
+Runs ``configs/local_refined.yaml`` (fine-tuning ImageNet-pretrained EfficientNet-Lite0/1/2 on
 digits) as configured and times it; then ``configs/scratch.yaml`` (EfficientNet B0/B1
 from random weights on the same digits and validation split) with as many trials as it
 can start, stopped by Tune's time budget at the same wall time. Compares their best
@@ -40,7 +41,7 @@ def summary(grid, wall: float) -> dict:
 def main() -> None:
     from search.config import config_to_dict, load_config
 
-    pretrained = config_to_dict(load_config(ROOT / "configs" / "local.yaml"))
+    pretrained = config_to_dict(load_config(ROOT / "configs" / "local_refined.yaml"))
     grid, _, _, _, wall = run_search(pretrained)
     default = summary(grid, wall)
     print(f"default (pretrained Lite): {default}", flush=True)

@@ -1,5 +1,5 @@
 """Does the search pay? On the space a user writes before knowing the answer (the
-offline default's task, ``configs/local_wide.yaml``), four arms in the same wall-clock budget:
+offline default, ``configs/local.yaml``), four arms in the same wall-clock budget:
 
 - ``tpe_asha``: what ``hpsearch run`` does (Optuna TPE, ASHA early stopping);
 - ``random_fifo``: what a user does by hand (random draws, every trial to its end);
@@ -96,7 +96,7 @@ def arm_config(base: dict, arm: str, seed: int) -> tuple[dict, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "local_wide.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget-s", type=float, default=240.0)
     parser.add_argument("--image-size", type=int, default=None,
