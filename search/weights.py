@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 
 from trainables import backbones
 from trainables.errors import InputError
+from trainables.notices import import_tensorflow
 from trainables.storage import resolve
 from trainables.weights import staged_uri
 
@@ -59,6 +60,7 @@ def stage_imagenet_weights(storage_uri: str, names: tuple[str, ...], *,
             local = f"{scratch}/{backbone.imagenet_file}"
             try:
                 if backbone.make_imagenet_file is not None:  # converted from an installed package
+                    import_tensorflow()  # the conversion loads it: without its start-up notices
                     backbone.make_imagenet_file(local)
                 else:
                     fetch_file(backbone.imagenet_url, local)
