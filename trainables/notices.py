@@ -1,12 +1,14 @@
 """TensorFlow's start-up notices, kept off the console of every trial process.
 
-TensorFlow 2.21 logs two lines through absl's C++ logging each time it loads a native
-library (twice per import): "WARNING: All log messages before absl::InitializeLog()
-..." and "oneDNN custom operations are on ...". ``TF_CPP_MIN_LOG_LEVEL`` does not reach
-them (absl logs before TensorFlow reads it), so a search printed both pairs once per
-trial process. Here the process's stderr (file descriptor 2, where native code writes)
-goes to a temporary file while TensorFlow loads, and everything it received is written
-back afterwards except those notices: a real error during the import still shows.
+TensorFlow 2.21 logs two lines through absl's C++ logging as it loads (twice per
+import, here): "WARNING: All log messages before absl::InitializeLog() ..." and
+"oneDNN custom operations are on ...". ``TF_CPP_MIN_LOG_LEVEL`` does not silence them
+(checked: 2 and 3 alike), nor does ``TF_ENABLE_ONEDNN_OPTS=1``, so a search printed both
+pairs once per trial process. Here the process's stderr (file descriptor 2, where native
+code writes) goes to a temporary file while TensorFlow loads, and everything it received
+is written back afterwards except those notices: a Python error during the import still
+shows. (Other threads' lines in that window, Ray's for one, come a few seconds late; a
+native crash during the import would take its message with the held file.)
 """
 
 from __future__ import annotations
