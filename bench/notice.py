@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from searches import commit, machine  # noqa: E402
+from searches import commit, machine, write_readme_table  # noqa: E402
 
 # A single stream to Cloud Storage: about 200 MiB/s ("Accelerate large single file GCS
 # transfers from 200 MiB/s for a single stream", beginswithdata.com, 2024-02-01:
@@ -45,7 +45,6 @@ from searches import commit, machine  # noqa: E402
 UPLOAD_MIB_S = 200.0
 SOURCE = "https://www.beginswithdata.com/2024/02/01/google-cloud-storage-max-throughput/"
 POLL_S = 1.0  # the chart's RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S
-MARKERS = ("<!-- notice-table -->", "<!-- /notice-table -->")
 
 
 def chart_drain_s() -> float:
@@ -95,10 +94,7 @@ def table(rows: list[dict], budget_s: float, rate: float) -> str:
 
 def write_tables(md: str) -> None:
     (ROOT / "bench" / "results" / "notice.md").write_text(md + "\n")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    readme.write_text(text[:start] + "\n" + md + "\n" + text[end:])
+    write_readme_table("notice-table", md)
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ Writes ``bench/results/search_pays.json`` (``ratio``: the median over seeds of
 tpe_asha's time to the target over random_fifo's; goal at most 1/3; an arm that never
 reached the target has ``null`` with ``reached: false``) and the curves as
 ``bench/results/search_pays.png``, and the table per seed as
-``bench/results/search_pays.md`` (``--table-only`` rewrites it and the plot from the
-JSON).
+``bench/results/search_pays.md`` and into README.md between its ``search-pays-table``
+markers (``--table-only`` rewrites them and the plot from the JSON).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ray.tune import Callback  # noqa: E402
 
-from searches import commit, machine, run_search, save_panels, seed_panels  # noqa: E402
+from searches import commit, machine, run_search, save_panels, seed_panels, write_readme_table  # noqa: E402
 
 TOLERANCE = 0.005
 GOAL = 1 / 3
@@ -106,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.table_only:
         result = json.loads(RESULT.read_text())
-        RESULT.with_suffix(".md").write_text(table_markdown(result))
+        write_tables(result)
         draw(result["per_seed"], result["budget_s"], RESULT.with_suffix(".png"))
         print(RESULT.with_suffix(".md").read_text(), end="")
         return
@@ -168,9 +168,17 @@ def write(args: argparse.Namespace, base: dict, per_seed: list[dict], *, complet
         "goal": f"ratio <= {GOAL:.3f}", "goal_met": ratio is not None and ratio <= GOAL,
     }
     RESULT.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    RESULT.with_suffix(".md").write_text(table_markdown(result))
+    write_tables(result)
     draw(per_seed, args.budget_s, RESULT.with_suffix(".png"))
     return ratio
+
+
+def write_tables(result: dict) -> None:
+    """The table as ``search_pays.md`` and in README.md between its ``search-pays-table``
+    markers."""
+    markdown = table_markdown(result)
+    RESULT.with_suffix(".md").write_text(markdown)
+    write_readme_table("search-pays-table", markdown)
 
 
 def table_markdown(result: dict) -> str:

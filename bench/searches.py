@@ -27,6 +27,18 @@ def commit() -> str:
     return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
 
 
+def write_readme_table(name: str, markdown: str) -> None:
+    """Put a benchmark's table into README.md between its ``<!-- name -->`` and
+    ``<!-- /name -->`` markers, so the README shows what the script measured."""
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(readme) as handle:
+        text = handle.read()
+    opening, closing = f"<!-- {name} -->", f"<!-- /{name} -->"
+    start, end = text.index(opening) + len(opening), text.index(closing)
+    with open(readme, "w") as handle:
+        handle.write(text[:start] + "\n" + markdown.rstrip("\n") + "\n" + text[end:])
+
+
 @dataclass
 class TrialClock(Callback):
     """Tune callback: when each trial started and ended (driver clock)."""
