@@ -97,9 +97,9 @@ def epochs_to(results: dict[int, list[dict]], target: float) -> int | None:
     """Epochs the arm trained, all trials together in the order they reached the driver
     (Tune's whole-second timestamps, ties by trial), until one first reached ``target``;
     None if none did."""
-    ordered = sorted((r["timestamp"], place, r["training_iteration"]) + (r.get("val_accuracy", 0.0),)
+    ordered = sorted((r["timestamp"], place, r["training_iteration"], r.get("val_accuracy", 0.0))
                      for place, rows in results.items() for r in rows)
-    return next((i + 1 for i, row in enumerate(ordered) if row[3] >= target - 1e-9), None)
+    return next((i + 1 for i, (*_, accuracy) in enumerate(ordered) if accuracy >= target - 1e-9), None)
 
 
 def first_epochs_s(results: dict[int, list[dict]], place: int, epochs: int) -> float | None:
