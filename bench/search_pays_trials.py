@@ -27,9 +27,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from searches import commit  # noqa: E402
+
+from search.study import PRUNED_BY, storage_url  # noqa: E402
 
 PAYS = ROOT / "bench" / "results" / "search_pays.json"
 RESULT = ROOT / "bench" / "results" / "search_pays_trials.json"
@@ -43,7 +46,7 @@ def ending(state: str, pruned_by: str | None) -> str:
     if state == "COMPLETE":
         return "finished"
     if state == "PRUNED":
-        return "diverged" if pruned_by == "diverged" else "stopped"
+        return "diverged" if pruned_by == "diverged" else "stopped"  # search.study's values
     return "cut by the budget"  # still running (or failed) when the time budget ended the search
 
 
@@ -51,7 +54,7 @@ def summarise(study_path: str) -> dict:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{study_path}"
+    storage = storage_url(Path(study_path))
     (name,) = optuna.get_all_study_names(storage)
     trials = optuna.load_study(study_name=name, storage=storage).trials
     start = min(t.datetime_start for t in trials if t.datetime_start)
@@ -59,7 +62,7 @@ def summarise(study_path: str) -> dict:
     for t in trials:
         values = list(t.intermediate_values.values())
         rows.append({
-            "number": t.number, "ending": ending(t.state.name, t.user_attrs.get("pruned_by")),
+            "number": t.number, "ending": ending(t.state.name, t.user_attrs.get(PRUNED_BY)),
             "backbone": t.params.get("backbone"), "max_lr": t.params.get("max_lr") and round(t.params["max_lr"], 5),
             "epochs": len(values), "best": round(max(values), 4) if values else None,
             "last": round(values[-1], 4) if values else None,

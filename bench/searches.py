@@ -12,6 +12,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+# The repository: the checkout a result was measured on, and the README its tables go into.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
@@ -20,9 +23,8 @@ def machine() -> str:
 def commit() -> str:
     """The code a result was measured on: the working tree's HEAD, with '+' if tracked
     files other than the benchmarks' own results had changed."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
     return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
 
@@ -30,7 +32,7 @@ def commit() -> str:
 def write_readme_table(name: str, markdown: str) -> None:
     """Put a benchmark's table into README.md between its ``<!-- name -->`` and
     ``<!-- /name -->`` markers, so the README shows what the script measured."""
-    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    readme = os.path.join(ROOT, "README.md")
     with open(readme) as handle:
         text = handle.read()
     opening, closing = f"<!-- {name} -->", f"<!-- /{name} -->"
