@@ -48,6 +48,24 @@ def next_steps(rounds: list[Round], num_trials: int) -> Steps:
     return Steps(resume=None if last.finished else last, add=add)
 
 
+def after_resume(resumed: Round, held: int, add: Round | None) -> tuple[Round, Round | None]:
+    """The resumed round as it ended holding ``held`` trials, and the round to add next.
+
+    Tune uploads a snapshot's files (the trials' state, the searcher's) in parallel, so a
+    driver killed between them can leave the searcher's count of created trials ahead of
+    the trials stored: the restored run then never creates the trials in between, and
+    ends short. The round is recorded with the trials it holds; the missing ones join the
+    round added next (a new round if there was none), whose searcher reads the study.
+    """
+    missing = resumed.num_trials - held
+    if missing <= 0:
+        return resumed, add
+    kept = replace(resumed, num_trials=held)
+    if add is None:
+        return kept, Round(resumed.number + 1, missing)
+    return kept, replace(add, num_trials=add.num_trials + missing)
+
+
 def tune_location(location: Location, experiment: str, number: int) -> tuple[Location, str]:
     """The storage and the Tune run name of a round."""
     if number == 1:
@@ -76,6 +94,3 @@ def record(location: Location, experiment: str, round_: Round) -> list[Round]:
     write(location, experiment, rounds)
     return rounds
 
-
-def finished(round_: Round) -> Round:
-    return replace(round_, finished=True)

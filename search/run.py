@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -377,30 +378,41 @@ def run_rounds(config: Config, location: Location, steps: rounds.Steps, stop: An
 
     Returns each round run here's ResultGrid by number. ``stop`` (search.signals) ends
     the running round and starts no other. A round that ends with no trial in ERROR is
-    recorded finished, and the study's trials a killed driver left RUNNING are closed.
+    recorded finished, and the study's trials a killed driver left RUNNING are closed. A
+    resumed round that ends short of its trials hands the rest on (rounds.after_resume).
     """
     stopped = lambda: stop is not None and stop.stopped  # noqa: E731
     grids = {}
-    for round_, fresh in ((steps.resume, False), (steps.add, True)):
-        if round_ is None or stopped():
-            continue
-        if fresh:
-            rounds.record(location, config.search.name, round_)
-            if round_.number > 1:
-                log.info("continuation: round %d adds %d trials", round_.number, round_.num_trials)
-            tuner = build_tuner(config, location, round_=round_, trainable=trainable, callbacks=callbacks)
-        else:
-            tuner = restore_tuner(config, location, round_, trainable=trainable)
-        grid = tuner.fit()
-        grids[round_.number] = grid
+    add = steps.add
+    if steps.resume is not None and not stopped():
+        grid = grids[steps.resume.number] = restore_tuner(config, location, steps.resume, trainable=trainable).fit()
         if not stopped():
-            closed = study.close_orphans(study.local_path(location, config.search.name), config.search.name)
-            if closed:
-                log.info("study: %d suggestions of an interrupted driver marked failed", closed)
-            if grid.num_errors == 0:
-                rounds.record(location, config.search.name, rounds.finished(round_))
+            held, add = rounds.after_resume(steps.resume, len(grid), add)
+            if held != steps.resume:
+                log.warning("round %d was restored with %d of its %d trials (the driver died between the files "
+                            "of a snapshot); the other %d run in round %d", held.number, held.num_trials,
+                            steps.resume.num_trials, steps.resume.num_trials - held.num_trials, add.number)
+            _end_round(config, location, held, grid)
         study.upload(location, config.search.name)  # stopped too: the resume may run elsewhere
+    if add is not None and not stopped():
+        rounds.record(location, config.search.name, add)
+        if add.number > 1:
+            log.info("continuation: round %d adds %d trials", add.number, add.num_trials)
+        tuner = build_tuner(config, location, round_=add, trainable=trainable, callbacks=callbacks)
+        grid = grids[add.number] = tuner.fit()
+        if not stopped():
+            _end_round(config, location, add, grid)
+        study.upload(location, config.search.name)
     return grids
+
+
+def _end_round(config: Config, location: Location, round_: rounds.Round, grid: Any) -> None:
+    """Record a round that ran to its end (finished when no trial ended in ERROR; an
+    errored round is resumed) and close the study's trials a killed driver left RUNNING."""
+    closed = study.close_orphans(study.local_path(location, config.search.name), config.search.name)
+    if closed:
+        log.info("study: %d suggestions of an interrupted driver marked failed", closed)
+    rounds.record(location, config.search.name, replace(round_, finished=grid.num_errors == 0))
 
 
 def all_results(config: Config, location: Location, grids: dict[int, Any], *,

@@ -15,7 +15,9 @@ time, "address": a running Ray to join, or null for a local Ray of the driver's 
 process group (the driver, and the local Ray it started, if any) at the count-th ``start``,
 ``result`` or ``complete`` event Tune's callbacks see, before Tune's next experiment snapshot,
 or (``save``) halfway through writing the snapshot that follows the count-th result,
-first writing the event's trial id and epoch (null unless a result) to ``<ledger>.killed``.
+or (``ahead``) as soon as the searcher's state that counts the count-th trial is stored
+while the trials' state that holds it is not (Tune uploads a snapshot's files in
+parallel; this is the order that loses the trial), first writing the event's trial id and epoch (null unless a result) to ``<ledger>.killed``.
 A run that is not killed prints the search's trials as JSON.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import pickle
 import signal
 import sys
 import tempfile
@@ -99,6 +102,58 @@ class KillWhileSaving(AtomicLocalHandler):
 
 
 STATE_FILES = SNAPSHOT_FILES[0]  # Tune's experiment state
+SEARCHER_FILES = SNAPSHOT_FILES[1]  # Tune's search generator's state (its count of trials created)
+
+
+class SearcherAhead(AtomicLocalHandler):
+    """Local storage that stores the searcher's state counting the ``count``-th trial, never
+    a trials' state holding it, and SIGKILLs this process group once the former is stored:
+    whichever of the two files Tune's parallel upload writes first (in the driver only)."""
+
+    def __init__(self, count: int, record: str) -> None:
+        super().__init__()
+        self.pid, self.count, self.record = os.getpid(), count, record
+
+    def open_output_stream(self, path: str, metadata) -> pa.NativeFile:
+        name = os.path.basename(path)
+        if os.getpid() == self.pid and fnmatch.fnmatch(name, STATE_FILES):
+            return pa.PythonFile(HeldUntilClose(lambda data: self._trials_state(path, metadata, data)), mode="w")
+        if os.getpid() == self.pid and fnmatch.fnmatch(name, SEARCHER_FILES):
+            return pa.PythonFile(HeldUntilClose(lambda data: self._searcher_state(path, metadata, data)), mode="w")
+        return super().open_output_stream(path, metadata)
+
+    def _store(self, path: str, metadata, data: bytes) -> None:
+        with super().open_output_stream(path, metadata) as stream:
+            stream.write(data)
+
+    def _trials_state(self, path: str, metadata, data: bytes) -> None:
+        if len(json.loads(data)["trial_data"]) < self.count:
+            self._store(path, metadata, data)
+
+    def _searcher_state(self, path: str, metadata, data: bytes) -> None:
+        self._store(path, metadata, data)
+        if pickle.loads(data)["counter"] >= self.count:
+            Path(self.record).write_text(json.dumps({"trial_id": None, "epoch": None}))
+            os.killpg(0, signal.SIGKILL)
+
+
+class HeldUntilClose:
+    """A stream that keeps what it is given and hands it all to ``closing`` on close."""
+
+    def __init__(self, closing) -> None:
+        self.closing, self.chunks, self.closed = closing, [], False
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.closing(b"".join(self.chunks))
 
 
 class HalfThenKill:
@@ -164,6 +219,9 @@ def main() -> None:
     if args["kill"] and args["kill"][0] == "save":
         saving = KillWhileSaving()
         location = replace(location, filesystem=pafs.PyFileSystem(saving))
+    if args["kill"] and args["kill"][0] == "ahead":
+        ahead = SearcherAhead(args["kill"][1], record=args["ledger"] + ".killed")
+        location = replace(location, filesystem=pafs.PyFileSystem(ahead))
     trainable = make_standin(args["curve"], args["ledger"], args.get("fail"))
     if args.get("address"):
         ray.init(address=args["address"], logging_level="ERROR")
@@ -175,7 +233,8 @@ def main() -> None:
             steps = rounds.next_steps(rounds.read(location, config.search.name), config.search.num_trials)
         else:
             steps = rounds.Steps(resume=None, add=rounds.Round(1, config.search.num_trials))
-        callbacks = [KillAt(*args["kill"], record=args["ledger"] + ".killed", saving=saving)] if args["kill"] else None
+        kill_at = args["kill"] and args["kill"][0] != "ahead"
+        callbacks = [KillAt(*args["kill"], record=args["ledger"] + ".killed", saving=saving)] if kill_at else None
         grids = run_rounds(config, location, steps, trainable=trainable, callbacks=callbacks)
         results = all_results(config, location, grids, trainable=trainable)
     finally:

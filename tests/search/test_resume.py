@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from search.resume_rules import changed_fields, resume_refusals
-from search.rounds import Round, Steps, next_steps
+from search.rounds import Round, Steps, after_resume, next_steps
 
 DRIVER = Path(__file__).with_name("standin_search.py")
 # The drivers and the shared head agree on no token authentication (unset, a process
@@ -44,6 +44,14 @@ def test_next_steps_resume_the_unfinished_round_then_add_the_missing_trials():
     # an interrupted round is finished first, then the continuation adds the rest
     assert next_steps([Round(1, 4, True), Round(2, 2)], 9) == Steps(resume=Round(2, 2), add=Round(3, 3))
     assert next_steps([Round(1, 4, True)], 3) == Steps(resume=None, add=None)  # trials are never removed
+
+
+def test_a_resumed_round_that_ends_short_hands_its_missing_trials_on():
+    assert after_resume(Round(1, 3), 3, None) == (Round(1, 3), None)
+    assert after_resume(Round(1, 3), 2, None) == (Round(1, 2), Round(2, 1))
+    assert after_resume(Round(2, 4), 1, Round(3, 2)) == (Round(2, 1), Round(3, 5))
+    # the round as recorded then makes next_steps add exactly the missing trials
+    assert next_steps([Round(1, 2, True)], 3) == Steps(resume=None, add=Round(2, 1))
 
 
 def test_changed_fields_name_every_difference_and_only_those():
@@ -295,7 +303,7 @@ def in_flight_or_before(entries: list[tuple[str, int]]) -> set[tuple[str, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("event,count", [("save", 4), ("start", 3)])
+@pytest.mark.parametrize("event,count", [("save", 4), ("start", 3), ("ahead", 3)])
 def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, shared_ray, event, count):
     """Tune's experiment state is saved at every step of its loop (search.run), so the
     resumed search retrains, per trial running at the kill, at most the epoch it had in
@@ -306,7 +314,10 @@ def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, sha
     writing the experiment state that follows the fourth epoch result: local storage
     still holds the state saved before it, whole (trainables.storage), and the search
     resumes from that, each trial losing at most the epochs reported since, its last two
-    at most; a cut-short state would make Tune start the run over.)"""
+    at most; a cut-short state would make Tune start the run over.) ("ahead", 3): killed
+    when the searcher's state counting the third trial is stored and the trials' state
+    holding it is not (Tune uploads them in parallel): the restored run never creates
+    that trial, and a continuation round runs it instead; its suggestion is closed."""
     code, _ = drive(tmp_path, num_trials=3, concurrent=2, kill=[event, count], address=shared_ray)
     assert code == -signal.SIGKILL
     started = {trial for trial, _ in ledger(tmp_path)}
@@ -328,6 +339,12 @@ def test_a_driver_killed_anywhere_resumes_to_the_configured_trials(tmp_path, sha
     assert again <= may_repeat and max(trained.values()) <= 2, (before, trained)
     for trial in result["trials"]:  # every epoch of the history was trained
         assert {(trial["trial_id"], e) for e in trial["history_epochs"]} <= set(trained)
+    if event == "ahead":
+        assert "round 1 was restored with 2 of its 3 trials" in result["log"], result["log"][-3000:]
+        recorded = json.loads((tmp_path / "experiments" / "standin" / "rounds.json").read_text())
+        assert recorded == [{"number": 1, "num_trials": 2, "finished": True},
+                            {"number": 2, "num_trials": 1, "finished": True}]
+        assert Counter(entry["state"] for entry in result["study"])["FAIL"] == 1, result["study"]
 
 
 def get_json(url: str) -> dict:
