@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
@@ -105,15 +106,20 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str, 
     and ``tune.report`` then waits until Tune's controller asks for the next result
     (its function trainables report synchronously). The epoch is therefore reported
     from a thread of its own (``InBackground``) while the next one trains, as Ray
-    Train's asynchronous upload does for distributed trials.
+    Train's asynchronous upload does for distributed trials. When Tune stops the trial,
+    its training ends at the next compiled call, and the process waits for that before
+    it exits (trainables.stopping).
     """
     limit_threads(plan.shape.cpus_per_worker)  # first: it imports TensorFlow without its notices
     from trainables.reporting import InBackground
+    from trainables.stopping import ends_before_exit
     from trainables.train import WorkerContext, train_trial
 
     spec = trial_spec(config, sampled, plan)
+    stop = threading.Event()  # Tune is ending this trial (trainables.stopping)
     context = WorkerContext(precision=plan.precision,
-                            steps_per_execution=config.resources.steps_per_execution)
+                            steps_per_execution=config.resources.steps_per_execution,
+                            stop_requested=stop.is_set)
     best = BestKeeper(experiment_uri, tune.get_context().get_trial_id())
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:  # on InBackground's thread
@@ -125,12 +131,13 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str, 
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
 
-    reporter = InBackground(report)
-    try:
-        with resume_directory(tune.get_checkpoint()) as resume_from:
-            train_trial(spec, reporter, context=context, resume_from=resume_from)
-    finally:
-        reporter.close()  # the last epoch is reported before the trial function returns
+    reporter = InBackground(report, stopped=stop)
+    with ends_before_exit(stop):
+        try:
+            with resume_directory(tune.get_checkpoint()) as resume_from:
+                train_trial(spec, reporter, context=context, resume_from=resume_from)
+        finally:
+            reporter.close()  # the last epoch is reported before the trial function returns
 
 
 def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri: str, plan: BackbonePlan) -> None:

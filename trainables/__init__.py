@@ -13,6 +13,7 @@ from ``search`` or ``cluster`` (tests/test_layers.py).
   ``strategy``: the tf.distribute strategy and precision; ``memory``: memory per replica;
   ``preemption``: checks for a Spot reclaim inside an epoch.
 - ``checkpoint``: per-epoch checkpoints; ``reporting``: how an epoch is handed on;
+  ``stopping``: a stopped trial's training ends before its process does;
   ``evaluate``: a checkpoint's accuracy; ``storage``: local or ``gs://`` through pyarrow;
   ``errors``: the one exception hierarchy, each error with its exit code.
 """

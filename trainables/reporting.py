@@ -3,6 +3,7 @@ another on a thread of its own so training never waits for the hand-off."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,17 +24,28 @@ class InBackground:
     the report raised (an upload error; the ``SystemExit`` by which Tune's function API
     ends a stopped trial) is raised in the training thread at the next call or by
     :meth:`close`, which the caller must reach (``finally``) so that the last epoch is
-    reported before the trial function returns.
+    reported before the trial function returns. ``stopped`` is set as soon as a report
+    raises, so that the training can end at its next compiled call instead of at the
+    next report (trainables.stopping).
     """
 
-    def __init__(self, report: Reporter) -> None:
+    def __init__(self, report: Reporter, stopped: threading.Event | None = None) -> None:
         self._report = report
+        self._stopped = stopped
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpsearch-report")
         self._pending: Future | None = None
 
     def __call__(self, metrics: dict[str, Any], directory: Path | None) -> None:
         self._wait()
-        self._pending = self._thread.submit(self._report, metrics, directory)
+        self._pending = self._thread.submit(self._run, metrics, directory)
+
+    def _run(self, metrics: dict[str, Any], directory: Path | None) -> None:
+        try:
+            self._report(metrics, directory)
+        except BaseException:
+            if self._stopped is not None:
+                self._stopped.set()
+            raise
 
     def close(self) -> None:
         try:

@@ -56,6 +56,9 @@ class WorkerContext:
     # the steps between two checks (None: sized by measurement).
     notices: Notices | None = None
     check_steps: int | None = None
+    # Whether the search has asked this trial to stop (trainables.stopping): the loop
+    # then ends at its next compiled call, reporting nothing more.
+    stop_requested: Callable[[], bool] = lambda: False  # noqa: E731 (a default, never asked to stop)
 
     @property
     def is_chief(self) -> bool:
@@ -192,7 +195,7 @@ class PhaseStep:
         schedule's clock, so a resumed epoch gets the rates it would have had).
         ``stop_if`` is asked, after each compiled call, with the mean loss of the epoch's
         steps so far; True ends the epoch there (a diverged trial: see
-        trainables.divergence). Every worker of a trial reads the same all-reduced sums,
+        trainables.divergence; a trial the search stopped: trainables.stopping). Every worker of a trial reads the same all-reduced sums,
         so all stop at the same call. ``checks`` ends calls at its check steps and asks
         there whether a node of the trial will be reclaimed (trainables.preemption); a
         notice ends the epoch at that step, with ``notice`` set. ``resume`` is the sums
@@ -382,9 +385,13 @@ def train_trial(
             own = dataset
             dataset = strategy.distribute_datasets_from_function(lambda _: own)
         sums = phase.run_epoch(dataset, steps_per_epoch, first_step(spec, epoch, steps_per_epoch),
-                               stop_if=lambda mean_loss: diverged(mean_loss, data.num_classes),
+                               stop_if=lambda mean_loss: (context.stop_requested()
+                                                          or diverged(mean_loss, data.num_classes)),
                                checks=checks, resume=resume,
                                name=f"epoch {epoch + 1}, attempt {attempt}, rank {context.worker_index}")
+        if context.stop_requested():
+            log.info("stopped by the search during epoch %d: training ends here", epoch + 1)
+            break
         if sums.notice is not None:
             reclaimed(context, model, phase.optimizer, ckpt.CheckpointState(
                 spec, epoch, phase_name, {ATTEMPT: attempt, PREEMPTIONS: preemptions + 1, MID_EPOCH_STEP: sums.steps},

@@ -94,6 +94,8 @@ def test_a_stopped_driver_resumes_on_gcs_without_losing_or_rerunning_trials(tmp_
     assert "search stopped by SIGTERM; its state is saved. Resume with: hpsearch run --config " in output
     assert f"{config} --smoke-test --resume" in output
     assert "*** SIGTERM received" not in output  # Ray's native crash handler did not fire
+    # the stopped trial's process waited for its training to end (trainables.stopping)
+    assert "SIGABRT" not in output and "Fatal Python error" not in output, output[-3000:]
     # the trial processes' lines reach the console, without TensorFlow's start-up notices
     trial_lines = [line for line in output.splitlines() if "(run_trial pid=" in line]
     assert trial_lines, output[-3000:]

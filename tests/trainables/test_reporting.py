@@ -42,3 +42,22 @@ def test_what_a_report_raised_is_raised_in_the_training_thread(error):
     reporter({"epoch": 1}, None)
     with pytest.raises(type(error)):
         reporter.close()
+
+
+def test_a_report_that_raises_asks_the_training_to_stop_at_once():
+    """Tune ends a stopped trial by raising SystemExit in the report: the training learns
+    it then (trainables.stopping), not at its next report an epoch later."""
+    stopped = threading.Event()
+    reporter = InBackground(lambda metrics, directory: None, stopped=stopped)
+    reporter({"epoch": 1}, None)
+    reporter.close()
+    assert not stopped.is_set()
+
+    def stopping(metrics, directory):
+        raise SystemExit(0)
+
+    reporter = InBackground(stopping, stopped=stopped)
+    reporter({"epoch": 1}, None)
+    assert stopped.wait(30)  # set by the report's thread, before any other call
+    with pytest.raises(SystemExit):
+        reporter.close()

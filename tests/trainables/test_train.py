@@ -242,3 +242,30 @@ def test_a_diverging_trial_ends_as_a_result_and_a_healthy_one_does_not(trained, 
     assert last["diverged"] and [m["diverged"] for m, _ in collect.reports] == [False] * (len(epochs) - 1) + [True]
     assert len(epochs) < wild.total_epochs, epochs  # it stopped
     assert not last["train_loss"] < threshold(10)  # above it, or not a number
+
+
+def test_a_trial_the_search_stops_ends_at_its_next_compiled_call(tmp_path, caplog):
+    """Asked to stop while epoch 1 is reported (Tune's SystemExit in the report: see
+    trainables.stopping), the loop ends after one compiled call of epoch 2, and reports,
+    evaluates and checkpoints nothing more."""
+    import logging
+
+    from support import tiny_spec
+    from trainables.train import WorkerContext
+
+    stop = []
+    collect = Collect(tmp_path)
+
+    def report(metrics, directory):
+        collect(metrics, directory)
+        stop.append(True)
+
+    spec = tiny_spec(head_epochs=0, warmup_epochs=1, cooldown_epochs=2)
+    context = WorkerContext(steps_per_execution=1, stop_requested=lambda: bool(stop))
+    with caplog.at_level(logging.DEBUG, logger="trainables.train"):
+        train_trial(spec, report, context=context)
+    assert [m["epoch"] for m, _ in collect.reports] == [1]
+    assert "stopped by the search during epoch 2: training ends here" in caplog.text
+    calls = [r.getMessage() for r in caplog.records if r.getMessage().endswith(" trained")]
+    assert [c.split(":")[0] for c in calls].count("epoch 2, attempt 1, rank 0") == 1, calls
+    assert len(calls) == 64 // 16 + 1  # epoch 1's four calls, then one
