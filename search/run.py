@@ -251,11 +251,14 @@ def build_tuner(
             max_concurrent_trials=config.search.max_concurrent_trials,
             time_budget_s=time_budget_s,
             # No actor reuse, though it would save each trial a process start and a
-            # TensorFlow import: a reused actor starts its next trial at once, before
-            # Tune's next experiment snapshot records that trial, so a driver killed
-            # then loses the trial's epochs on resume (tests/search/test_resume.py's
-            # "every trial begun is kept" failed with it). Distributed trials could not
-            # use it anyway: a stopped one's actor must be killed to free its workers.
+            # TensorFlow import (about 2.5 s of each hand-over in bench/concurrency.py).
+            # Tune reuses a stopped trial's actor only if its training thread ends within
+            # 2 s of the stop; a trial ASHA stops ends at its next compiled call (a whole
+            # epoch by default: trainables.stopping), so the reset fails and Tune fails the
+            # *next* trial instead. Measured with bench/concurrency.py and reuse on: 2 of
+            # 8 trials ERROR ("Could not re-use actor ... reset_config()"), and the search
+            # did not end within 15 minutes. Distributed trials could not use it anyway:
+            # a stopped one's actor must be killed to free its workers.
             reuse_actors=False,
         ),
         run_config=run_config(config, location, callbacks, round_.number),
