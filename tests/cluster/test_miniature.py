@@ -222,9 +222,9 @@ def test_search_on_the_miniature_cluster_survives_a_stopped_job(miniature, proje
     placed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert placed.returncode == 0 and placed.stdout.strip(), placed.stderr[-3000:]
     placement = json.loads(placed.stdout.strip().splitlines()[-1])
-    # the resumed job's trial actors at least (those of the job stopped gracefully may be
-    # gone from Ray's state by now): none of them on the head
-    assert len(placement["trials"]) >= 2 and not set(placement["trials"]) & set(placement["head"]), placement
+    # the resumed job's trial actors at least (it may have had a single trial left, and
+    # the stopped job's actors may be gone from Ray's state by now): none on the head
+    assert placement["trials"] and not set(placement["trials"]) & set(placement["head"]), placement
 
     # 5. from outside the cluster: the ensemble and the report straight from the bucket (at once)
     outside = {**os.environ, "HPSEARCH_GCS_ENDPOINT": env["HPSEARCH_GCS_ENDPOINT"]}
