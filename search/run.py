@@ -6,8 +6,8 @@ import logging
 import os
 import shutil
 import threading
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

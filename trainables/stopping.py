@@ -1,8 +1,8 @@
 """How a trial's training ends when the search stops it.
 
 Tune stops a trial (ASHA, the end of the search, SIGTERM) by raising ``SystemExit`` in the
-thread that reports, then ends the trial's actor: its process exits. The training thread
-(Tune's, a daemon) may still be inside TensorFlow then. At interpreter shutdown Python
+thread that reports (if one waits on Tune then), and then ends the trial's actor: its
+process exits. The training thread (Tune's, a daemon) may still be inside TensorFlow then. At interpreter shutdown Python
 ends such a thread when it next takes the GIL, and TensorFlow's bindings turn that into
 ``std::terminate``: the trial printed a native crash dump (Ray's TerminateHandler and
 SIGABRT, about 55 lines) instead of ending quietly. Measured with Tune runs of 10

@@ -58,7 +58,7 @@ class WorkerContext:
     check_steps: int | None = None
     # Whether the search has asked this trial to stop (trainables.stopping): the loop
     # then ends at its next compiled call, reporting nothing more.
-    stop_requested: Callable[[], bool] = lambda: False  # noqa: E731 (a default, never asked to stop)
+    stop_requested: Callable[[], bool] = lambda: False
 
     @property
     def is_chief(self) -> bool:
