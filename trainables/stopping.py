@@ -5,9 +5,9 @@ thread that reports (if one waits on Tune then), and then ends the trial's actor
 process exits. The training thread (Tune's, a daemon) may still be inside TensorFlow then. At interpreter shutdown Python
 ends such a thread when it next takes the GIL, and TensorFlow's bindings turn that into
 ``std::terminate``: the trial printed a native crash dump (Ray's TerminateHandler and
-SIGABRT, about 55 lines) instead of ending quietly. Measured with Tune runs of 10
-stand-in trials that trace tf.data functions in one thread and report from another, each
-stopped after its first result: 4 dumps without the wait below, none with it.
+SIGABRT, about 55 lines) instead of ending quietly. Measured with ``bench/stop_dumps.py``
+(30 stand-in trials that trace tf.data functions in one thread and report from another,
+each stopped after its first result): 6 dumps without what follows, none with it.
 
 So the training ends cooperatively: a stop is requested (a report raised, or the process
 is exiting), the loop ends at its next compiled call (trainables.train), and the process
