@@ -20,6 +20,7 @@ lines of Ray's handler). Writes ``bench/results/stop_dumps.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -61,13 +62,7 @@ def trial(config: dict) -> None:
                 return
             reporter({"epoch": epoch}, None)
 
-    if hpsearch:
-        with ends_before_exit(stop):
-            try:
-                train()
-            finally:
-                reporter.close()
-    else:
+    with ends_before_exit(stop) if hpsearch else contextlib.nullcontext():
         try:
             train()
         finally:

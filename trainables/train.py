@@ -195,8 +195,8 @@ class PhaseStep:
         schedule's clock, so a resumed epoch gets the rates it would have had).
         ``stop_if`` is asked, after each compiled call, with the mean loss of the epoch's
         steps so far; True ends the epoch there (a diverged trial: see
-        trainables.divergence; a trial the search stopped: trainables.stopping). Every worker of a trial reads the same all-reduced sums,
-        so all stop at the same call. ``checks`` ends calls at its check steps and asks
+        trainables.divergence; a trial the search stopped: trainables.stopping). Every
+        worker of a trial reads the same all-reduced sums, so all stop at the same call. ``checks`` ends calls at its check steps and asks
         there whether a node of the trial will be reclaimed (trainables.preemption); a
         notice ends the epoch at that step, with ``notice`` set. ``resume`` is the sums
         of the steps an earlier attempt trained in this epoch: ``dataset`` then starts

@@ -17,7 +17,8 @@ process group (the driver, and the local Ray it started, if any) at the count-th
 or (``save``) halfway through writing the snapshot that follows the count-th result,
 or (``ahead``) as soon as the searcher's state that counts the count-th trial is stored
 while the trials' state that holds it is not (Tune uploads a snapshot's files in
-parallel; this is the order that loses the trial), first writing the event's trial id and epoch (null unless a result) to ``<ledger>.killed``.
+parallel; this is the order that loses the trial), first writing the event's trial id
+and epoch (null unless a result) to ``<ledger>.killed``.
 A run that is not killed prints the search's trials as JSON.
 """
 
