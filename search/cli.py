@@ -100,16 +100,16 @@ def _experiment(uri: str):
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Build the TTA ensemble of a finished search and print its table."""
-    if args.top_k < 1:
+    if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if args.greedy_rounds < 0:
         raise UsageError(f"--greedy-rounds must be >= 0, got {args.greedy_rounds}")
-    from search.ensemble import build, table_markdown
+    from search.ensemble import build, summary, table_markdown
 
     location, name = _experiment(args.experiment)
     result = build(location, name, top_k=args.top_k, tta=args.tta, greedy_rounds=args.greedy_rounds)
     print(table_markdown(result.rows), end="")
-    print(f"members: {', '.join(f'{m.trial_id} x{m.weight}' for m in result.members)}")
+    print(summary(result))
     print(f"saved: {result.directory}/ensemble.keras (+ manifest.json, ensemble_table.csv)")
     return 0
 
@@ -157,6 +157,8 @@ def cmd_data_stage(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from search.ensemble import DEFAULT_GREEDY_ROUNDS  # numpy and pyarrow: no TensorFlow, no Ray
+
     parser = argparse.ArgumentParser(
         prog="hpsearch",
         description="Hyperparameter search for fine-tuning image classifiers on Ray.",
@@ -176,10 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ensemble = sub.add_parser("ensemble", help="TTA ensemble of a finished search's best checkpoints")
     ensemble.add_argument("experiment", help="experiment directory (local path or gs://...)")
-    ensemble.add_argument("--top-k", type=int, default=5, help="members: the top-k trials by validation accuracy")
-    ensemble.add_argument("--tta", type=int, default=4, help="test-time views per image; 1 means no TTA (default 4)")
-    ensemble.add_argument("--greedy-rounds", type=int, default=0,
-                          help="choose members from the top-k by greedy selection on validation (Caruana 2004)")
+    ensemble.add_argument("--top-k", type=int, default=None,
+                          help="the library selection chooses from: the top-k trials by validation accuracy "
+                               "(default: every trial with a usable checkpoint)")
+    ensemble.add_argument("--tta", type=int, default=4,
+                          help="test-time views per image to consider; 1 means no TTA (default 4); whether to use "
+                               "them is chosen on validation")
+    ensemble.add_argument("--greedy-rounds", type=int, default=DEFAULT_GREEDY_ROUNDS,
+                          help="the most members greedy selection adds to the best one; it stops earlier when "
+                               f"validation stops improving (default {DEFAULT_GREEDY_ROUNDS}; 0: the best member alone)")
     ensemble.set_defaults(func=cmd_ensemble)
 
     report = sub.add_parser("report", help="HTML report and plots of a finished search")

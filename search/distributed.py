@@ -37,15 +37,12 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     limit_threads(config["cpus_per_worker"])  # first: it imports TensorFlow without its notices
     from trainables.checkpoint import resume_directory
-    from trainables.train import WorkerContext, train_trial
+    from trainables.train import train_trial
 
     context = ray.train.get_context()
     log_level_from_environment()
-    strategy = make_strategy(config["strategy"])
-    checks = config["preemption_check_steps"]
-    worker = WorkerContext(strategy, context.get_world_size(), context.get_world_rank(), config["precision"],
-                           steps_per_execution=config["steps_per_execution"],
-                           notices=TrainNotices() if checks != 0 else None, check_steps=checks)
+    worker = worker_context(config, make_strategy(config["strategy"]), context.get_world_size(),
+                            context.get_world_rank())
     spec: TrialSpec = config["spec"]
     best = BestKeeper(*config["keep_best"]) if config.get("keep_best") and worker.is_chief else None
 
@@ -60,6 +57,18 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     with resume_directory(ray.train.get_checkpoint()) as resume_from:
         train_trial(spec, report, context=worker, resume_from=resume_from)
+
+
+def worker_context(config: dict[str, Any], strategy: Any, world_size: int, rank: int) -> Any:
+    """A worker's place in its trial, from the trainer's loop config. Reclaim notices
+    come from Ray Train unless ``preemption_check_steps`` is 0 (off); None (auto) checks
+    at a step count sized by measurement, n every n steps."""
+    from trainables.train import WorkerContext
+
+    checks = config["preemption_check_steps"]
+    return WorkerContext(strategy, world_size, rank, config["precision"],
+                         steps_per_execution=config["steps_per_execution"],
+                         notices=TrainNotices() if checks != 0 else None, check_steps=checks)
 
 
 # Set to a logging level name (DEBUG: every compiled call's progress) for hpsearch's

@@ -1,16 +1,25 @@
 """The best checkpoints of a finished search, combined into a TTA ensemble.
 
-Members are chosen on the validation split only (top-k by validation accuracy, or
-Caruana et al. 2004's greedy selection with replacement); the test split is read once,
-after the members are fixed. docs/recipe.md section 4: averaging the TTA probabilities of
-several models beat every single model (95.07% against 93.93-94.48%).
+The library is every trial's best checkpoint (``top_k`` caps it, best first). Members
+are chosen on the validation split only, by Caruana et al. 2004's greedy selection with
+replacement, started from the best single model and stopped when no addition improves
+validation: once with one view per image and once with the TTA views. The result is
+whichever of the best member, the best member with TTA, the ensemble and the ensemble
+with TTA is best on validation (ties go to the simpler), so it is never worse than the
+best member there; when nothing beats that member it is the member alone, and the table
+says so. The test split is read once, after the choice. docs/recipe.md section 4:
+averaging the TTA probabilities of several models beat every single model (95.07%
+against 93.93-94.48%); on a wide search's library a plain top-k average can lose to its
+best member, which is why the members are chosen.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+from collections.abc import Iterator
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +38,10 @@ from trainables.params import NAMES
 from trainables.storage import Location
 
 log = logging.getLogger(__name__)
+
+# The most additions greedy selection makes after its first member: a bound on the work,
+# rarely reached (selection stops when validation stops improving).
+DEFAULT_GREEDY_ROUNDS = 25
 
 
 class EnsembleError(HpsearchError):
@@ -52,6 +65,7 @@ class Member:
     weight: int = 1
     model: Any = field(default=None, repr=False)
     spec: Any = field(default=None, repr=False)
+    directory: Path | None = None  # the checkpoint's local copy
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,8 @@ class Row:
     split: str
     tta_views: int
     accuracy: float
+    members: str = ""  # trial ids with their weights
+    chosen: bool = False  # the option saved as the result
 
 
 # ---------------------------------------------------------------------------- pure rules
@@ -75,26 +91,57 @@ def average(probabilities: list[np.ndarray], weights: list[int] | None = None) -
     return sum(w * p for w, p in zip(weights, probabilities)) / sum(weights)
 
 
-def greedy_selection(val_probs: list[np.ndarray], labels: np.ndarray, rounds: int) -> list[int]:
-    """Caruana et al. 2004: start empty; each round add, with replacement, the member
-    whose addition gives the best validation accuracy (ties: lower log loss).
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1))))
+
+
+def score(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """What selection maximises: accuracy, then lower log loss (which breaks ties)."""
+    return accuracy(probabilities, labels), -log_loss(probabilities, labels)
+
+
+def greedy_selection(val_probs: list[np.ndarray], labels: np.ndarray, max_rounds: int) -> list[int]:
+    """Caruana et al. 2004's ensemble selection with replacement, on validation.
+
+    Starts from the best single model (by :func:`score`; ties: the earlier one), then
+    each round adds, with replacement, the model whose addition scores best, as long as
+    that beats the current ensemble's score; at most ``max_rounds`` additions. Accuracy
+    is compared first, so the ensemble is never less accurate than its first member.
 
     Returns:
-        How many times each member was picked (its weight); zero means left out.
+        How many times each model was picked (its weight); zero means left out.
     """
+    scores = [score(p, labels) for p in val_probs]
+    first = max(range(len(val_probs)), key=lambda i: (scores[i], -i))
     counts = [0] * len(val_probs)
-    total = np.zeros_like(val_probs[0])
-    for _ in range(rounds):
-        best, best_key = None, None
-        for i, probs in enumerate(val_probs):
-            mixed = (total + probs) / (sum(counts) + 1)
-            loss = -np.mean(np.log(np.clip(mixed[np.arange(len(labels)), labels], 1e-12, 1)))
-            key = (accuracy(mixed, labels), -loss)
-            if best_key is None or key > best_key:
-                best, best_key = i, key
+    counts[first] = 1
+    total, current = val_probs[first].copy(), scores[first]
+    for _ in range(max_rounds):
+        picks = [score((total + p) / (sum(counts) + 1), labels) for p in val_probs]
+        best = max(range(len(val_probs)), key=lambda i: (picks[i], -i))
+        if picks[best] <= current:
+            break
         counts[best] += 1
-        total = total + val_probs[best]
+        total, current = total + val_probs[best], picks[best]
     return counts
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to predict: members with weights (indices into the library), and views."""
+
+    name: str
+    weights: tuple[int, ...]
+    views: int
+
+    @property
+    def size(self) -> int:
+        return sum(1 for w in self.weights if w)
+
+
+def choose(options: list[Option], val_scores: list[tuple[float, float]]) -> Option:
+    """The option best on validation; ties go to the earlier (the simpler) one."""
+    return options[max(range(len(options)), key=lambda i: (val_scores[i], -i))]
 
 
 # ---------------------------------------------------------------------------- experiment
@@ -141,15 +188,13 @@ def _local_copy(location: Location, checkpoint: str, scratch: Path, trial_id: st
     return target
 
 
-def load_members(location: Location, candidates: list[Candidate], limit: int, scratch: Path) -> list[Member]:
-    """Load up to ``limit`` usable checkpoints in rank order; a missing or corrupt one is
-    skipped with a warning that names its trial."""
+def iter_members(location: Location, candidates: list[Candidate], scratch: Path) -> Iterator[Member]:
+    """Each usable checkpoint in rank order, loaded; a missing or corrupt one is skipped
+    with a warning that names its trial."""
     from trainables import checkpoint as ckpt
 
-    members: list[Member] = []
+    count = 0
     for candidate in candidates:
-        if len(members) == limit:
-            break
         try:
             directory = _local_copy(location, candidate.checkpoint, scratch, candidate.trial_id)
             model = ckpt.load_model(directory)
@@ -158,12 +203,15 @@ def load_members(location: Location, candidates: list[Candidate], limit: int, sc
             log.warning("skipping trial %s: checkpoint %s is unusable (%s)", candidate.trial_id,
                         candidate.checkpoint, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             continue
-        model.name = f"member_{len(members)}"
-        members.append(
-            Member(candidate.trial_id, candidate.config, candidate.checkpoint, candidate.best_val_accuracy,
-                   model=model, spec=spec)
-        )
-    return members
+        model.name = f"member_{count}"
+        count += 1
+        yield Member(candidate.trial_id, candidate.config, candidate.checkpoint, candidate.best_val_accuracy,
+                     model=model, spec=spec, directory=directory)
+
+
+def load_members(location: Location, candidates: list[Candidate], limit: int | None, scratch: Path) -> list[Member]:
+    """Up to ``limit`` (None: every) usable checkpoints in rank order, loaded."""
+    return list(itertools.islice(iter_members(location, candidates, scratch), limit))
 
 
 # ---------------------------------------------------------------------------- building
@@ -171,92 +219,122 @@ def load_members(location: Location, candidates: list[Candidate], limit: int, sc
 
 @dataclass
 class EnsembleResult:
-    members: list[Member]
+    members: list[Member]  # the chosen option's, with their weights
     rows: list[Row]
     directory: str
+    chosen: Option
+    library: int  # checkpoints selection chose from
+    best_alone: bool  # nothing beat the best member on validation
+
+
+def options_of(val: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray, views: int,
+               max_rounds: int) -> list[Option]:
+    """The four ways to predict, from each library model's (one view, TTA) validation
+    probabilities: the best member with one view and with TTA, then greedy ensembles
+    with one view and with TTA. The best member is the best model with one view."""
+    size = len(val)
+    best = greedy_selection([v[0] for v in val], labels, 0).index(1)
+    alone = tuple(int(i == best) for i in range(size))
+    options = [Option("best member", alone, 1)]
+    if views > 1:
+        options.append(Option("best member", alone, views))
+    options.append(Option("ensemble", tuple(greedy_selection([v[0] for v in val], labels, max_rounds)), 1))
+    if views > 1:
+        options.append(Option("ensemble", tuple(greedy_selection([v[1] for v in val], labels, max_rounds)), views))
+    return options
 
 
 def build(
     location: Location,
     experiment: str,
     *,
-    top_k: int = 5,
+    top_k: int | None = None,
     tta: int = 4,
-    greedy_rounds: int = 0,
+    greedy_rounds: int = DEFAULT_GREEDY_ROUNDS,
     progress: bool = True,
 ) -> EnsembleResult:
-    """Choose members, measure them, save the ensemble and its table.
+    """Choose on validation, then measure on test once; save the chosen ensemble and the table.
 
     Args:
         location, experiment: where the finished search lives.
-        top_k: members (the top-k trials with usable checkpoints; with greedy selection,
-            the pool it chooses from).
+        top_k: the library: the top-k trials with usable checkpoints (None: every one).
         tta: test-time views per image (1 = none).
-        greedy_rounds: 0 for plain top-k; otherwise rounds of greedy selection.
+        greedy_rounds: the most additions greedy selection makes after its first member.
         progress: show a progress bar over the prediction work.
     """
     candidates = read_candidates(location, experiment)  # before TensorFlow starts
     from tqdm import tqdm
 
+    from trainables import checkpoint as ckpt
     from trainables.data import load_configured, load_test
     from trainables.tta import predict_views, views
 
     with tempfile.TemporaryDirectory(prefix="hpsearch-ensemble-") as scratch:
-        members = load_members(location, candidates, top_k, Path(scratch))
-        if not members:
+        data, chosen_views, library, val = None, None, [], []
+        # Validation predictions, one checkpoint at a time (only one model held): they
+        # alone decide membership.
+        with tqdm(total=min(len(candidates), top_k or len(candidates)), desc="validation", unit="model",
+                  disable=not progress) as bar:
+            for member in itertools.islice(iter_members(location, candidates, Path(scratch)), top_k):
+                if data is None:
+                    data = load_configured(member.spec.data)
+                    chosen_views = views(tta, flip=member.spec.recipe.flip)
+                per_view = predict_views(member.model, data.val.images, chosen_views)
+                val.append((per_view[0], per_view.mean(axis=0)))
+                member.model = None
+                library.append(member)
+                bar.update(1)
+        if not library:
             raise EnsembleError(f"no usable checkpoint in {location.uri}/{experiment}: nothing to ensemble")
-        spec = members[0].spec
-        data = load_configured(spec.data)
-        chosen_views = views(tta, flip=spec.recipe.flip)
-
         n = len(chosen_views)
+        options = options_of(val, data.val.labels, n, greedy_rounds)
 
-        def predict(images: np.ndarray, desc: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-            """Each member's (single-view, TTA-mean) probabilities."""
-            out = {}
-            with tqdm(total=len(members) * n, desc=desc, unit="view", disable=not progress) as bar:
-                for m in members:
-                    per_view = predict_views(m.model, images, chosen_views)
-                    out[m.trial_id] = (per_view[0], per_view.mean(axis=0))
-                    bar.update(n)
-            return out
+        def probs_of(option: Option, predictions: dict[int, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+            index = 0 if option.views == 1 else 1
+            used = [i for i, w in enumerate(option.weights) if w]
+            return average([predictions[i][index] for i in used], [option.weights[i] for i in used])
 
-        def ensemble_rows(split: str, probs: dict, labels: np.ndarray) -> list[Row]:
-            weights = [m.weight for m in members]
-            return [
-                Row("ensemble", split, views_used, accuracy(average([probs[m.trial_id][i] for m in members], weights), labels))
-                for i, views_used in ((0, 1), (1, n))
-            ]
+        val_by_index = dict(enumerate(val))
+        val_scores = [score(probs_of(o, val_by_index), data.val.labels) for o in options]
+        chosen = choose(options, val_scores)
+        best_alone = chosen.name == "best member"
 
-        def name(m: Member) -> str:
-            return f"member {m.trial_id} ({m.config['backbone']})"
+        # The test split, read once, now that every choice is made: the members of any
+        # option, reloaded one at a time.
+        needed = sorted({i for o in options for i, w in enumerate(o.weights) if w})
+        test = load_test(library[0].spec.data.dataset)
+        test_preds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        with tqdm(total=len(needed) * n, desc="test", unit="view", disable=not progress) as bar:
+            for i in needed:
+                model = ckpt.load_model(library[i].directory)
+                per_view = predict_views(model, test.images, chosen_views)
+                test_preds[i] = (per_view[0], per_view.mean(axis=0))
+                bar.update(n)
 
-        # Validation predictions: they alone decide membership.
-        val = predict(data.val.images, "validation")
-        if greedy_rounds:
-            counts = greedy_selection([val[m.trial_id][1] for m in members], data.val.labels, greedy_rounds)
-            for m, c in zip(members, counts):
-                m.weight = c
-            members = [m for m in members if m.weight > 0]
+        def who(option: Option) -> str:
+            return ", ".join(f"{library[i].trial_id} x{w}" for i, w in enumerate(option.weights) if w)
+
         rows: list[Row] = []
-        for m in members:
-            single, tta_mean = val[m.trial_id]
-            rows += [Row(name(m), "val", 1, accuracy(single, data.val.labels)),
-                     Row(name(m), "val", n, accuracy(tta_mean, data.val.labels))]
-        rows += ensemble_rows("val", val, data.val.labels)
+        for split, preds, labels in (("val", val_by_index, data.val.labels), ("test", test_preds, test.labels)):
+            rows += [Row(o.name, split, o.views, accuracy(probs_of(o, preds), labels), who(o), o == chosen)
+                     for o in options]
+            for i in needed:  # each member as the ensembles use it: with and without TTA
+                name = f"member {library[i].trial_id} ({library[i].config['backbone']})"
+                rows += [Row(name, split, 1, accuracy(preds[i][0], labels), library[i].trial_id),
+                         Row(name, split, n, accuracy(preds[i][1], labels), library[i].trial_id)]
 
-        # The test split, read once, now that the members are fixed.
-        test = load_test(spec.data.dataset)
-        probs = predict(test.images, "test")
-        for m in members:  # each member as the ensemble is measured: with and without TTA
-            single, tta_mean = probs[m.trial_id]
-            rows += [Row(name(m), "test", 1, accuracy(single, test.labels)),
-                     Row(name(m), "test", n, accuracy(tta_mean, test.labels))]
-        rows += ensemble_rows("test", probs, test.labels)
-
+        members = []
+        for i, w in enumerate(chosen.weights):
+            if w:
+                library[i].model = ckpt.load_model(library[i].directory)
+                library[i].model.name = f"member_{len(members)}"
+                library[i].weight = w
+                members.append(library[i])
         directory = location.join(experiment, ENSEMBLE_DIR)
-        save(location, directory, members, rows, tta=n, scratch=Path(scratch))
-        return EnsembleResult(members=members, rows=rows, directory=directory)
+        result = EnsembleResult(members=members, rows=rows, directory=directory, chosen=chosen,
+                                library=len(library), best_alone=best_alone)
+        save(location, result, scratch=Path(scratch))
+        return result
 
 
 def ensemble_model(members: list[Member]) -> Any:
@@ -273,37 +351,56 @@ def ensemble_model(members: list[Member]) -> Any:
 
 
 def table_markdown(rows: list[Row]) -> str:
-    lines = ["| model | split | TTA views | accuracy |", "|---|---|---|---|"]
-    lines += [f"| {r.name} | {r.split} | {r.tta_views} | {r.accuracy:.4f} |" for r in rows]
+    lines = ["| model | split | TTA views | accuracy | members (weights) | chosen |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.split} | {r.tta_views} | {r.accuracy:.4f} | {r.members} | {'yes' if r.chosen else ''} |"
+              for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def save(location: Location, directory: str, members: list[Member], rows: list[Row], *, tta: int, scratch: Path) -> None:
-    """Write ensemble.keras, manifest.json and the table (CSV and Markdown)."""
+def summary(result: EnsembleResult) -> str:
+    """What was chosen, in words: the console's last lines."""
+    chosen = result.chosen
+    views = "with TTA" if chosen.views > 1 else "one view"
+    val = next(r.accuracy for r in result.rows if r.chosen and r.split == "val")
+    test = next(r.accuracy for r in result.rows if r.chosen and r.split == "test")
+    first = next(r for r in result.rows if r.name == "best member" and r.split == "test" and r.tta_views == 1)
+    members = ", ".join(f"{m.trial_id} x{m.weight}" for m in result.members)
+    lines = [f"chosen on validation from {result.library} checkpoints: {chosen.name} ({views}): {members}; "
+             f"validation {val:.4f}, test {test:.4f} (the best member alone, one view: test {first.accuracy:.4f})"]
+    if result.best_alone:
+        lines.append("no ensemble beat the best member on validation: the result is that member alone")
+    return "\n".join(lines)
+
+
+def save(location: Location, result: EnsembleResult, *, scratch: Path) -> None:
+    """Write ensemble.keras (the chosen option), manifest.json and the table (CSV and Markdown)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.fs as pafs
 
-    fs = location.filesystem
+    fs, directory, rows = location.filesystem, result.directory, result.rows
     fs.create_dir(directory, recursive=True)
     local_model = scratch / MODEL_FILE
-    ensemble_model(members).save(local_model)
+    ensemble_model(result.members).save(local_model)
     pafs.copy_files(str(local_model), f"{directory}/{MODEL_FILE}", source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
     manifest = {
-        "tta_views": tta,
+        "chosen": result.chosen.name,
+        "tta_views": result.chosen.views,
+        "library": result.library,
+        "best_member_alone": result.best_alone,
         "members": [
             {"trial_id": m.trial_id, "weight": m.weight, "checkpoint": m.checkpoint,
              "search_val_accuracy": m.search_val_accuracy, "config": m.config}
-            for m in members
+            for m in result.members
         ],
         "table": [asdict(r) for r in rows],
     }
     with fs.open_output_stream(f"{directory}/{MANIFEST}") as out:
         out.write(json.dumps(manifest, indent=2).encode())
-    table = pa.table({k: [getattr(r, k) for r in rows] for k in ("name", "split", "tta_views", "accuracy")})
+    columns = ("name", "split", "tta_views", "accuracy", "members", "chosen")
+    table = pa.table({k: [getattr(r, k) for r in rows] for k in columns})
     with fs.open_output_stream(f"{directory}/{TABLE_CSV}") as out:
         pacsv.write_csv(table, out)
     with fs.open_output_stream(f"{directory}/{TABLE_MD}") as out:
         out.write(table_markdown(rows).encode())
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -111,15 +110,10 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str, 
     it exits (trainables.stopping).
     """
     limit_threads(plan.shape.cpus_per_worker)  # first: it imports TensorFlow without its notices
-    from trainables.reporting import InBackground
-    from trainables.stopping import ends_before_exit
+    from trainables.reporting import train_reporting_in_background
     from trainables.train import WorkerContext, train_trial
 
     spec = trial_spec(config, sampled, plan)
-    stop = threading.Event()  # Tune is ending this trial (trainables.stopping)
-    context = WorkerContext(precision=plan.precision,
-                            steps_per_execution=config.resources.steps_per_execution,
-                            stop_requested=stop.is_set)
     best = BestKeeper(experiment_uri, tune.get_context().get_trial_id())
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:  # on InBackground's thread
@@ -131,13 +125,13 @@ def train_here(sampled: dict[str, Any], *, config: Config, experiment_uri: str, 
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
 
-    reporter = InBackground(report, stopped=stop)
-    with ends_before_exit(stop):
-        try:
-            with resume_directory(tune.get_checkpoint()) as resume_from:
-                train_trial(spec, reporter, context=context, resume_from=resume_from)
-        finally:
-            reporter.close()  # the last epoch is reported before the trial function returns
+    def train(reporter: Any, stop_requested: Callable[[], bool]) -> None:
+        context = WorkerContext(precision=plan.precision, steps_per_execution=config.resources.steps_per_execution,
+                                stop_requested=stop_requested)
+        with resume_directory(tune.get_checkpoint()) as resume_from:
+            train_trial(spec, reporter, context=context, resume_from=resume_from)
+
+    train_reporting_in_background(train, report)
 
 
 def train_distributed(sampled: dict[str, Any], *, config: Config, experiment_uri: str, plan: BackbonePlan) -> None:

@@ -7,6 +7,8 @@ every test that needs a trained checkpoint reads it.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # The tiny test backbone ("Tiny", tests/tiny_backbone.py), registered as a user registers a
@@ -15,6 +17,13 @@ from pathlib import Path
 _TESTS = str(Path(__file__).resolve().parent)
 os.environ["HPSEARCH_BACKBONE_MODULES"] = "tiny_backbone"
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS, os.environ.get("PYTHONPATH")) if p)
+# Nothing of the developer's machine reaches the tests: hpsearch's cache (converted
+# weights, study copies) is the session's own, not ~/.cache/hpsearch, so no test passes
+# on a file an earlier run left there; a RAY_ADDRESS exported for a real cluster is
+# dropped, so every Ray a test uses is one it started on 127.0.0.1.
+_CACHE = tempfile.mkdtemp(prefix="hpsearch-test-cache-")
+os.environ["HPSEARCH_CACHE"] = _CACHE
+os.environ.pop("RAY_ADDRESS", None)
 
 import pytest  # noqa: E402
 
@@ -50,6 +59,10 @@ def fake_gcs(tmp_path_factory):
 # finished (its timing is the most sensitive to a busy machine, and the longest).
 HEAVY = ("tests/cluster/test_autoscaling_cluster.py", "tests/cluster/test_miniature.py",
          "tests/search/test_faults.py", "tests/cluster/test_spot.py")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,6 +4,7 @@ in real on-disk formats, a GCS emulator, a small finished search."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -330,3 +331,78 @@ def stop_process_groups(processes, grace_s: float = 5.0) -> None:
         except ProcessLookupError:
             pass
         process.wait()
+
+
+class RefusingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of a GCS emulator that answers 403, as Cloud
+    Storage does for a service account without the permission, to every request
+    ``refuses(method, path)`` names, and forwards the rest. The emulator is anonymous and
+    enforces no IAM; this is where a test puts a role's missing permission.
+
+    Use as a context manager: ``endpoint`` is its host:port; ``refused`` the requests it
+    refused."""
+
+    def __init__(self, upstream: str, refuses):
+        self.upstream, self.refuses, self.refused = upstream, refuses, []
+
+    def __enter__(self) -> "RefusingProxy":
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if proxy.refuses(self.command, self.path):
+                    proxy.refused.append((self.command, self.path))
+                    payload = json.dumps({"error": {"code": 403, "message": "caller does not have permission",
+                                                    "errors": [{"reason": "forbidden"}]}}).encode()
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                request = urllib.request.Request(f"http://{proxy.upstream}{self.path}", data=body,
+                                                 method=self.command,
+                                                 headers={k: v for k, v in self.headers.items()
+                                                          if k.lower() not in ("host", "content-length")})
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        status, headers, payload = response.status, response.headers, response.read()
+                except urllib.error.HTTPError as exc:
+                    status, headers, payload = exc.code, exc.headers, exc.read()
+                self.send_response(status)
+                for key, value in headers.items():
+                    if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+
+def bucket_metadata_request(bucket: str):
+    """``refuses`` for :class:`RefusingProxy`: GCS's GetBucketMetadata (storage.buckets.get)."""
+    return lambda method, path: method == "GET" and path.split("?")[0].rstrip("/") == f"/storage/v1/b/{bucket}"

@@ -17,3 +17,11 @@ from ``search`` or ``cluster`` (tests/test_layers.py).
   ``evaluate``: a checkpoint's accuracy; ``storage``: local or ``gs://`` through pyarrow;
   ``errors``: the one exception hierarchy, each error with its exit code.
 """
+
+import os
+
+# Keras 3 takes its backend from KERAS_BACKEND, else from ~/.keras/keras.json. The trials
+# and tools here are TensorFlow programs (tf.data, tf.distribute, tf.function), so a
+# user's own Keras default (a keras.json that says "jax" or "torch") must not reach
+# them: set before any module of this package imports Keras.
+os.environ["KERAS_BACKEND"] = "tensorflow"

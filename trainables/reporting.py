@@ -57,3 +57,25 @@ class InBackground:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
+
+
+def train_reporting_in_background(train: Callable[[Reporter, Callable[[], bool]], Any], report: Reporter) -> Any:
+    """Run ``train(reporter, stop_requested)`` in this thread, its epochs reported by
+    ``report`` on a thread of its own (:class:`InBackground`), wired for a stop:
+
+    - a report that raises (Tune's ``SystemExit`` for a stopped trial) sets the stop
+      that ``stop_requested`` reads, so the training ends at its next compiled call;
+    - a process that exits meanwhile sets it too and waits for the training to end
+      (trainables.stopping: no native crash dump);
+    - the last epoch is reported before this returns, and what a report raised is
+      raised here.
+    """
+    from trainables.stopping import ends_before_exit
+
+    stop = threading.Event()
+    reporter = InBackground(report, stopped=stop)
+    with ends_before_exit(stop):
+        try:
+            return train(reporter, stop.is_set)
+        finally:
+            reporter.close()

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pickletools
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ def unreadable(data: bytes) -> str | None:
     return None
 
 
-class _PublishOnClose(io.FileIO):
+class _PublishOnClose(io.RawIOBase):
     """A file written under a hidden partial name and renamed onto its target when
     closed: a process killed while writing leaves the target as it was.
 
@@ -122,32 +123,85 @@ class _PublishOnClose(io.FileIO):
     rewrites its local copy of the snapshot in place while its background upload of
     the previous one may still be reading it, and so can upload an empty or cut-short
     file. The stored snapshot then stays the last whole one.
+
+    A file whose bytes equal the target's is not written again. Tune's driver uploads
+    every trial's parameter and result files at every snapshot (several a minute), most
+    of them unchanged; each rewrite creates a new file and deletes the old one, and that
+    churn cost the driver more CPU than anything it computed (the kernel's inode
+    allocation, measured in bench/quickstart.py's search). So up to
+    :data:`HELD_BYTES` are held in memory; a larger file goes to its partial file as it
+    is written, as before.
     """
 
     def __init__(self, target: str) -> None:
-        directory, name = os.path.split(target)
+        super().__init__()
+        self._target = target
+        self._held: io.BytesIO | None = io.BytesIO()
+        self._file: io.FileIO | None = None
+        self._partial: str | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._held.tell() if self._held is not None else self._file.tell()
+
+    def write(self, data: Any) -> int:
+        if self._held is not None:
+            written = self._held.write(data)
+            if self._held.tell() > HELD_BYTES:
+                self._spill()
+            return written
+        return self._file.write(data)
+
+    def _spill(self) -> None:
+        """Go on writing to the partial file (created next to the target)."""
+        directory, name = os.path.split(self._target)
         # pyarrow's copy_files leaves the target's directories to the filesystem (GCS
         # has none to make), so they are made here
         os.makedirs(directory, exist_ok=True)
-        self._target = target
         self._partial = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.partial")
-        super().__init__(self._partial, "wb")
+        self._file = io.FileIO(self._partial, "wb")
+        if self._held is not None:
+            self._file.write(self._held.getbuffer())
+            self._held = None
+
+    def _unchanged(self, data: bytes) -> bool:
+        try:
+            if os.path.getsize(self._target) != len(data):
+                return False
+            with open(self._target, "rb") as existing:
+                return existing.read() == data
+        except OSError:  # no target yet
+            return False
 
     def close(self) -> None:
-        if not self.closed:
-            super().close()
-            name = os.path.basename(self._target)
-            if any(fnmatch.fnmatch(name, pattern) for pattern in SNAPSHOT_FILES):
-                with open(self._partial, "rb") as written:
-                    problem = unreadable(written.read())
-                if problem:
-                    os.remove(self._partial)
-                    log.warning("not replacing %s with a copy that cannot be read (%s); it keeps the last whole one",
-                                self._target, problem)
-                    return
-            # rename is atomic on POSIX; no fsync: the fault guarded against is a killed
-            # process (a driver, a trial), not a machine losing power
-            os.replace(self._partial, self._target)
+        if self.closed:
+            return
+        super().close()
+        data = self._held.getvalue() if self._held is not None else None
+        if data is not None and self._unchanged(data):
+            return
+        if self._file is None:
+            self._spill()
+        self._file.close()
+        name = os.path.basename(self._target)
+        if any(fnmatch.fnmatch(name, pattern) for pattern in SNAPSHOT_FILES):
+            with open(self._partial, "rb") as written:
+                problem = unreadable(written.read())
+            if problem:
+                os.remove(self._partial)
+                log.warning("not replacing %s with a copy that cannot be read (%s); it keeps the last whole one",
+                            self._target, problem)
+                return
+        # rename is atomic on POSIX; no fsync: the fault guarded against is a killed
+        # process (a driver, a trial), not a machine losing power
+        os.replace(self._partial, self._target)
+
+
+# The largest file held in memory until it is closed (see _PublishOnClose): Tune's
+# snapshot and result files; checkpoints are larger and stream to disk.
+HELD_BYTES = 4 * 1024 * 1024
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
@@ -257,11 +311,42 @@ def resolve(path: str) -> Location:
     return Location(uri=local, filesystem=local_filesystem(), root=local)
 
 
+# Cloud Storage's operations as google-cloud-cpp (behind pyarrow's GcsFileSystem) names
+# them in an error, and the IAM permission each needs. Creating a directory in a bucket
+# with no directory markers yet (a fresh one) reads the bucket's metadata.
+GCS_PERMISSIONS = {
+    "GetBucketMetadata": "storage.buckets.get",
+    "InsertObject": "storage.objects.create",
+    "CreateResumableUpload": "storage.objects.create",
+    "UploadChunk": "storage.objects.create",
+    "ReadObject": "storage.objects.get",
+    "GetObjectMetadata": "storage.objects.get",
+    "ListObjects": "storage.objects.list",
+    "DeleteObject": "storage.objects.delete",
+}
+# The grant that gives each permission to the search's service account (docs/gke.md,
+# "Storage"): roles/storage.objectUser holds the objects' permissions, not the bucket's.
+GCS_GRANTS = {
+    "storage.buckets.get": "roles/storage.legacyBucketReader on the bucket",
+    **{p: "roles/storage.objectUser on the bucket" for p in ("storage.objects.create", "storage.objects.get",
+                                                            "storage.objects.list", "storage.objects.delete")},
+}
+
+
+def refused_permission(message: str) -> str | None:
+    """The IAM permission a Cloud Storage error says was refused, if it says so."""
+    if "PERMISSION_DENIED" not in message:
+        return None
+    match = re.search(r"gcloud-cpp\.retry\.function=(\w+)", message)
+    return GCS_PERMISSIONS.get(match.group(1)) if match else None
+
+
 def check_writable(location: Location) -> None:
     """Create the root and write, read back and delete a probe file.
 
     Raises:
-        StorageError: the storage cannot be written, before any search work starts.
+        StorageError: the storage cannot be written, before any search work starts; on
+            Cloud Storage a refused permission is named, with the grant that gives it.
     """
     probe = location.join(f".hpsearch-probe-{uuid.uuid4().hex}")
     try:
@@ -273,4 +358,10 @@ def check_writable(location: Location) -> None:
                 raise OSError("probe file read back differently")
         location.filesystem.delete_file(probe)
     except (OSError, pa.ArrowException) as exc:
+        permission = refused_permission(str(exc))
+        if permission is not None:
+            raise StorageError(
+                f"storage.path {location.uri!r}: Cloud Storage refused {permission} to this workload's service "
+                f"account. Grant {GCS_GRANTS[permission]} (docs/gke.md, \"Storage\": the permissions hpsearch and "
+                f"Ray use). The error: {str(exc).splitlines()[0]}") from exc
         raise StorageError(f"storage.path {location.uri!r} is not writable: {exc}") from exc

@@ -37,7 +37,7 @@ from trainables.preemption import Checks, Notices
 from trainables.reporting import Reporter
 from trainables.schedule_graph import phase2_rate
 from trainables.spec import TrialSpec
-from trainables.splits import TrainVal
+from trainables.splits import Split, TrainVal
 from trainables.strategy import Precision
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,17 @@ class EpochSums(NamedTuple):
     notice: float | None = None
 
 
+def epoch_batches(train: Split, spec: TrialSpec, epoch: int, *, per_replica_batch: int, shard: tuple[int, int],
+                  steps: int, local_replicas: int, trained: int = 0) -> tf.data.Dataset:
+    """This worker's per-replica batches of one epoch: one batch per local replica per
+    step, ``steps`` steps (a shard shorter than that repeats). A resumed epoch starts
+    after the ``trained`` steps its last attempt trained: the same order, so it skips
+    exactly those batches, ``local_replicas`` of them per step."""
+    dataset = train_dataset(train.images, train.labels, per_replica_batch, spec.augment, spec.seed, epoch,
+                            shard=shard).repeat().take(steps * local_replicas)
+    return dataset.skip(trained * local_replicas) if trained else dataset
+
+
 def weights_digest(model: keras.Model) -> str:
     """SHA-1 of the weights that replicas keep in sync, in order.
 
@@ -366,18 +377,10 @@ def train_trial(
                 )
             if resume_from is not None and epoch == start_epoch and state.phase == phase_name:
                 ckpt.restore_optimizer(resume_from, phase.optimizer)
-        dataset = train_dataset(
-            data.train.images,
-            data.train.labels,
-            per_replica_batch,
-            spec.augment,
-            spec.seed,
-            epoch,
-            shard=shard,
-        ).repeat().take(steps_per_epoch * local_replicas)
         resume = partial if epoch == start_epoch else None
-        if resume is not None:  # the same order: skip exactly what the last attempt trained
-            dataset = dataset.skip(resume.steps * local_replicas)
+        dataset = epoch_batches(data.train, spec, epoch, per_replica_batch=per_replica_batch, shard=shard,
+                                steps=steps_per_epoch, local_replicas=local_replicas,
+                                trained=resume.steps if resume is not None else 0)
         if replicas > 1:
             # Already this worker's shard in per-replica batches: hand it over as is
             # (no auto-sharding, no re-batching); each step takes one batch per local

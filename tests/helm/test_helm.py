@@ -590,3 +590,13 @@ def test_spot_groups_render_gkes_spot_fields_and_only_on_demand_groups_hold_tria
         assert "resources" not in group["rayStartParams"]
         env = {e["name"] for e in group["template"]["spec"]["containers"][0]["env"]}
         assert "HPSEARCH_TRIAL_FUNCTION_RESOURCE" not in env
+
+
+def test_an_on_demand_groups_own_ray_resources_are_refused_not_overwritten():
+    """With a Spot group present the chart sets each on-demand group's Ray resources to
+    the trial functions' resource; a user's own rayStartParams.resources there would be
+    silently replaced, so the render fails naming the field and the way to keep both."""
+    values = yaml.safe_load((CHART / "ci" / "spot-values.yaml").read_text())
+    values["workerGroups"]["cpu"]["rayStartParams"] = {"resources": '"{\\"mine\\": 1}"'}
+    with pytest.raises(helm.HelmError, match=r"workerGroups.cpu.rayStartParams.resources: with a Spot group"):
+        render(values)

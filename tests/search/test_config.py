@@ -211,3 +211,17 @@ def test_storage_defaults_to_the_chart_s_bucket_then_a_local_directory(tmp_path,
     monkeypatch.setenv("HPSEARCH_STORAGE", "s3://bucket/x")
     with pytest.raises(ConfigError, match="storage.path"):
         load_config(path)
+
+
+@pytest.mark.parametrize("raw, message", [
+    # a searched axis is a range (a mapping) or one fixed value: the error is the branch's
+    # that fits the value's kind, field and words both
+    ({"space": {"dropout": "high"}}, "space.dropout: expected a number, got a string"),
+    ({"space": {"dropout": [0.1]}}, "space.dropout: expected a number, got a list"),
+    ({"space": {"max_lr": True}}, "space.max_lr: expected a number, got a boolean"),
+    ({"space": {"dropout": {"low": "x", "high": 0.5}}}, "space.dropout.low: expected a number, got a string"),
+])
+def test_a_union_fields_error_names_the_kind_its_value_should_have(raw, message):
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict(raw)
+    assert str(raised.value) == message

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from search.ensemble import average, build, ensemble_model, greedy_selection, load_members, read_candidates
+from search.ensemble import average, build, ensemble_model, load_members, read_candidates
 from trainables.storage import resolve
 from trainables.data import load_train_val
 from trainables.errors import InputError
@@ -41,41 +41,60 @@ def test_candidates_are_ranked_and_loaded(experiment, tmp_path):
     assert [m.trial_id for m in members] == ranked(experiment)[:2]
 
 
-def test_ensemble_table_and_round_trip(experiment, tmp_path, monkeypatch):
+def test_ensemble_chosen_on_validation_then_test_read_once_and_round_trip(experiment, tmp_path, monkeypatch):
+    import search.ensemble
     import trainables.data
 
     work = tmp_path / "copy"
     shutil.copytree(experiment, work / experiment.name)
     location = resolve(str(work))
-    reads = {"test": 0, "train_val": 0}
+    events: list[str] = []
     real_test, real_configured = trainables.data.load_test, trainables.data.load_configured
+    real_greedy = search.ensemble.greedy_selection
+    val_labels = []
 
     def counted(kind, load):
         def wrapper(*args, **kwargs):
-            reads[kind] += 1
-            return load(*args, **kwargs)
+            events.append(kind)
+            split = load(*args, **kwargs)
+            if kind == "train_val":
+                val_labels.append(split.val.labels)
+            return split
         return wrapper
+
+    def greedy(probs, labels, rounds):
+        events.append("greedy")
+        assert labels is val_labels[0]  # chosen on validation, never on test
+        return real_greedy(probs, labels, rounds)
 
     monkeypatch.setattr(trainables.data, "load_test", counted("test", real_test))
     monkeypatch.setattr(trainables.data, "load_configured", counted("train_val", real_configured))
-    result = build(location, experiment.name, top_k=3, tta=3, progress=False)
-    # every member, with and without TTA, and the ensemble were measured on one read of each split
-    assert reads == {"test": 1, "train_val": 1}
-    names = {(r.name.split(" ")[0], r.split, r.tta_views) for r in result.rows}
-    # like with like: every member and the ensemble, with and without TTA, on both splits
-    assert names == {(who, split, views) for who in ("member", "ensemble") for split in ("val", "test")
-                     for views in (1, 3)}
-    assert len(result.rows) == (3 + 1) * 2 * 2
-    assert len(result.members) == 3
+    monkeypatch.setattr(search.ensemble, "greedy_selection", greedy)
+    result = build(location, experiment.name, tta=3, progress=False)  # the defaults: greedy, every trial
+    # one read of each split, and the test split only after every selection was made
+    assert events.count("test") == 1 and events.count("train_val") == 1, events
+    assert events[-1] == "test" and events.count("greedy") >= 3, events
+    assert result.library == 3  # every trial's checkpoint, not a top-k
+    options = {(r.name, r.split, r.tta_views) for r in result.rows if not r.name.startswith("member")}
+    # like with like: best member and ensemble, with and without TTA, on both splits
+    assert options == {(who, split, views) for who in ("best member", "ensemble") for split in ("val", "test")
+                       for views in (1, 3)}
+    val = {(r.name, r.tta_views): r.accuracy for r in result.rows if r.split == "val" and not r.name.startswith("member")}
+    (chosen,) = [r for r in result.rows if r.chosen and r.split == "val"]
+    assert chosen.accuracy == max(val.values()) >= val[("best member", 1)]
+    assert (chosen.name, chosen.tta_views) == (result.chosen.name, result.chosen.views)
+    assert result.members and all(m.weight >= 1 for m in result.members)
     saved = work / experiment.name / "ensemble"
     manifest = json.loads((saved / "manifest.json").read_text())
-    assert [m["trial_id"] for m in manifest["members"]] == ranked(experiment)
+    assert [(m["trial_id"], m["weight"]) for m in manifest["members"]] == [(m.trial_id, m.weight) for m in result.members]
+    assert manifest["tta_views"] == result.chosen.views and manifest["library"] == 3
     assert "backbone" in manifest["members"][0]["config"]
     assert (saved / "ensemble_table.csv").read_text().count("\n") == len(result.rows) + 1
 
     images = load_train_val("digits", 0.2, 0).val.images[:32].astype(np.float32)
     in_memory = ensemble_model(result.members)(images, training=False).numpy()
-    by_hand = average([m.model(images, training=False).numpy() for m in result.members])
+    by_hand = average([m.model(images, training=False).numpy() for m in result.members],
+                      [m.weight for m in result.members])
     np.testing.assert_allclose(in_memory, by_hand, atol=1e-6)
     np.save(tmp_path / "images.npy", images)
     code = (
@@ -86,6 +105,16 @@ def test_ensemble_table_and_round_trip(experiment, tmp_path, monkeypatch):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert np.max(np.abs(np.load(tmp_path / "fresh.npy") - in_memory)) <= 1e-5
+
+
+def test_the_command_says_what_it_chose(experiment, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(experiment, work / experiment.name)
+    done = subprocess.run([sys.executable, "-m", "search", "ensemble", str(work / experiment.name), "--tta", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "chosen on validation from 3 checkpoints: " in done.stdout
+    assert "| best member | test | 1 |" in done.stdout and "| ensemble | val | 2 |" in done.stdout
 
 
 def test_tta_of_a_flip_invariant_model_equals_no_tta():
@@ -113,14 +142,6 @@ def test_views_are_deterministic_and_respect_flip():
     np.testing.assert_array_equal(shifted[0, 2:], image[0, :-2])
     with pytest.raises(InputError, match="--tta"):
         views(50)
-
-
-def test_greedy_selection_prefers_the_helpful_member():
-    labels = np.array([0, 1, 0, 1])
-    good = np.array([[0.9, 0.1], [0.2, 0.8], [0.8, 0.2], [0.4, 0.6]])
-    bad = np.array([[0.1, 0.9], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
-    counts = greedy_selection([bad, good], labels, rounds=3)
-    assert counts[1] == 3 and counts[0] == 0
 
 
 def corrupt(checkpoint: str) -> None:

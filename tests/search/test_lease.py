@@ -196,3 +196,47 @@ def test_a_driver_refused_before_the_holder_wrote_its_record_still_names_it(tmp_
     finally:
         writer.join()
         os.close(fd)
+
+
+def test_the_renewer_carries_on_after_a_failed_renewal():
+    """One failed write (a network error) is logged and retried at the next period; the
+    lease keeps being renewed, so it never goes stale under a live driver."""
+    import threading
+
+    from search.lease import this_driver
+
+    lease = GcsLease(resolve("gs://hpsearch-test/x"), "hpsearch-test/x/driver.lease", "x")
+    lease.holder, lease._generation = this_driver(), 1
+    writes, renewed = [], threading.Event()
+
+    def write(holder, if_generation):
+        writes.append(if_generation)
+        if len(writes) == 1:
+            raise ConnectionError("connection reset by peer")
+        if len(writes) == 3:
+            renewed.set()
+        return if_generation + 1
+
+    lease._write = write
+    lost = []
+    renewer = threading.Thread(target=lease._renew, args=(0.01, lost.append), daemon=True)
+    renewer.start()
+    try:
+        assert renewed.wait(10), f"renewals stopped after the failed one: {writes}"
+    finally:
+        lease._stop.set()
+        lease._wake.set()
+        renewer.join(5)
+    # the failed write changed nothing; the next ones renewed generation 1, then 2
+    assert writes[:3] == [1, 1, 2] and not lost
+
+
+def test_a_released_local_lease_leaves_an_empty_file(tmp_path):
+    from search.lease import LocalLease
+
+    path = tmp_path / LEASE_FILE
+    lease = LocalLease(resolve(str(tmp_path)), str(path), "exp")
+    lease.acquire(takeover=False, timeout_s=120, on_lost=lambda *_: None)
+    assert Holder.decode(path.read_bytes()).pid == os.getpid()
+    lease.release()
+    assert path.read_bytes() == b""  # no holder: a later driver takes it without a warning

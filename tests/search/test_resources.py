@@ -41,3 +41,32 @@ def test_each_backbone_is_checked_with_its_own_shape_and_named():
     (problem,) = cluster_shortfalls(resources, ("B0", "B1", "B7"), LAPTOP, [LAPTOP])
     assert problem.startswith("B7: a trial needs 4.01 CPUs")
     assert cluster_shortfalls(resources, ("B0", "B1"), LAPTOP, [LAPTOP]) == []
+
+
+def test_the_run_refuses_a_shortfall_unless_told_to_wait_for_the_autoscaler(monkeypatch, caplog):
+    """As `hpsearch run` checks a live cluster (search.experiment): a GPU trial on a Ray
+    without GPUs is refused, naming what is missing; with wait_for_autoscaler it is
+    only a warning, and the search goes on to wait for nodes."""
+    import logging
+
+    import pytest
+    import ray
+
+    from search.config import config_from_dict
+    from search.experiment import Refused, _check_resources
+
+    node = {"CPU": 2.0, "memory": 8e9}
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": node}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: node)
+
+    def config(wait: bool):
+        return config_from_dict({"space": {"backbones": ["B0"]},
+                                 "resources": {"gpus_per_worker": 1, "gpu_type": "nvidia-l4",
+                                               "wait_for_autoscaler": wait}})
+
+    with pytest.raises(Refused, match="B0: a trial needs 1 GPUs.*wait_for_autoscaler: true"):
+        _check_resources(config(False))
+    with caplog.at_level(logging.WARNING, logger="search.experiment"):
+        _check_resources(config(True))
+    assert any("a trial needs 1 GPUs" in r.getMessage() and "waiting for the autoscaler" in r.getMessage()
+               for r in caplog.records)

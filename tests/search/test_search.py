@@ -100,6 +100,7 @@ def local_ray():
     here = Path(__file__).resolve().parent
     tests = f"{here}:{here.parent}"  # this module (its trial functions) and support.py
     ray.init(
+        address="local",  # a Ray of its own, whatever else runs on the machine
         num_cpus=2,
         num_gpus=1,  # a logical one, standing in for an accelerator (test_each_backbone_runs_with_its_own_resources)
         logging_level="ERROR",

@@ -106,3 +106,21 @@ def test_train_dataset_epochs_and_shards():
         assert set(shards[0]) | set(shards[1]) == set(ids)
     evals = np.concatenate([y.numpy() for _, y in eval_dataset(images, labels, 16)])
     assert np.array_equal(evals, labels)
+
+
+@pytest.mark.parametrize("local_replicas", [1, 2, 4])
+def test_a_resumed_epoch_skips_every_local_replicas_batches_of_the_trained_steps(local_replicas):
+    """A worker with several replicas (the chips of a TPU host) takes one batch per
+    replica per step: resumed after 3 steps, its epoch starts at the batch the whole
+    epoch reaches after 3 * replicas batches, and has the rest of the epoch's batches."""
+    from support import tiny_spec
+    from trainables.splits import Split
+    from trainables.train import epoch_batches
+
+    train = Split(np.zeros((64, 32, 32, 3), np.uint8), np.arange(64, dtype=np.int64))
+    kwargs = dict(per_replica_batch=2, shard=(1, 0), steps=8, local_replicas=local_replicas)
+    spec = tiny_spec()
+    whole = [labels.numpy().tolist() for _, labels in epoch_batches(train, spec, 1, **kwargs)]
+    resumed = [labels.numpy().tolist() for _, labels in epoch_batches(train, spec, 1, trained=3, **kwargs)]
+    assert len(whole) == 8 * local_replicas
+    assert resumed == whole[3 * local_replicas:]

@@ -54,6 +54,10 @@ def test_fixed_checks_end_calls_at_their_steps_and_not_at_the_epoch_end():
     assert [checks.call_size(done, 10, 10) for done in (0, 3, 8)] == [4, 1, 2]
     assert [checks.due(done, 10) for done in (4, 6, 8, 10)] == [True, False, True, False]
     assert checks.call_size(0, 10, 2) == 2  # steps_per_execution still bounds a call
+    # an epoch whose length is a multiple of the interval: no check at its last step (its
+    # epoch checkpoint follows at once), the ones before it as usual
+    assert [checks.due(done, 12) for done in (4, 8, 12)] == [True, True, False]
+    assert not Checks(FakeNotices(None, at=99)).due(12, 12)  # auto checks too
 
 
 def test_auto_checks_start_at_one_step_then_take_rank_zeros_size():

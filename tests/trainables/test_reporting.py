@@ -1,6 +1,10 @@
 """A reporter on a thread of its own: training goes on while an epoch is reported."""
 
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import pytest
 
@@ -61,3 +65,52 @@ def test_a_report_that_raises_asks_the_training_to_stop_at_once():
     assert stopped.wait(30)  # set by the report's thread, before any other call
     with pytest.raises(SystemExit):
         reporter.close()
+
+
+def test_a_trial_trained_with_background_reports_stops_at_tunes_stop():
+    """As a single-strategy trial wires it (search.run.train_here): the report that Tune
+    stops raises SystemExit, and the training loop's own stop check turns True while it
+    is still training, before any further report."""
+    from trainables.reporting import train_reporting_in_background
+
+    def stopped_by_tune(metrics, directory):
+        raise SystemExit(0)
+
+    seen = []
+
+    def train(reporter, stop_requested):
+        reporter({"epoch": 1}, None)
+        deadline = time.monotonic() + 30
+        while not stop_requested() and time.monotonic() < deadline:  # the loop's compiled calls
+            time.sleep(0.01)
+        seen.append(stop_requested())
+
+    with pytest.raises(SystemExit):
+        train_reporting_in_background(train, stopped_by_tune)
+    assert seen == [True]
+
+
+EXITING = textwrap.dedent("""
+    import threading, time
+    from trainables.reporting import train_reporting_in_background
+
+    def train(reporter, stop_requested):
+        while not stop_requested():
+            time.sleep(0.01)
+        time.sleep(0.3)  # the rest of its compiled call
+        print("training ended", flush=True)
+
+    started = threading.Event()
+    threading.Thread(target=lambda: (started.set(), train_reporting_in_background(train, lambda m, d: None)),
+                     daemon=True).start()
+    started.wait(10)
+    time.sleep(0.2)
+""")
+
+
+def test_a_process_exiting_under_background_reports_waits_for_the_training():
+    """Tune's function trainables train in a daemon thread: when the process exits, the
+    training is asked to stop and the exit waits for it (trainables.stopping)."""
+    done = subprocess.run([sys.executable, "-c", EXITING], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "training ended\n"

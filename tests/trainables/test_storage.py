@@ -1,16 +1,18 @@
 """Storage resolution through pyarrow filesystems: the same contract for every scheme."""
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 
 from trainables.errors import InputError
 from support import REPO
-from trainables.storage import SCHEMES, StorageError, check_writable, is_supported, resolve, scheme_of
+from trainables.storage import HELD_BYTES, SCHEMES, StorageError, check_writable, is_supported, resolve, scheme_of
 
 
 def test_local_paths_resolve_absolute(tmp_path, monkeypatch):
@@ -56,22 +58,23 @@ KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
     import pyarrow.fs as pafs
     from trainables.storage import resolve
-    path, through = sys.argv[1], sys.argv[2]
+    path, through, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
     fs = resolve(path).filesystem if through == "storage" else pafs.LocalFileSystem()
     out = fs.open_output_stream(path)
-    out.write(b"new-" * 1000)
+    out.write(b"new-" * (size // 4))
     out.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 """)
 
 
 @pytest.mark.parametrize("through,survives", [("storage", True), ("pyarrow", False)])
-def test_a_writer_killed_mid_file_leaves_the_local_file_as_it_was(tmp_path, through, survives):
+@pytest.mark.parametrize("size", [4000, HELD_BYTES + 4000])  # held in memory; written as it comes (a checkpoint)
+def test_a_writer_killed_mid_file_leaves_the_local_file_as_it_was(tmp_path, through, survives, size):
     """Local storage publishes a file only when it is closed (Tune's experiment state, the
     study, the tables); pyarrow's own local filesystem, the control, leaves it cut short."""
     path = tmp_path / "experiment_state.json"
     path.write_bytes(b'{"old": true}')
-    writer = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), through], cwd=str(REPO))
+    writer = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), through, str(size)], cwd=str(REPO))
     assert writer.returncode == -signal.SIGKILL
     assert (path.read_bytes() == b'{"old": true}') is survives, path.read_bytes()[:40]
 
@@ -133,3 +136,45 @@ def test_a_snapshot_file_that_cannot_be_read_never_replaces_a_whole_one(tmp_path
     with fs.open_output_stream(str(lines)) as out:
         out.write(b'{"epoch": 1}\n{"epoch": 2}\n')
     assert lines.read_bytes() == b'{"epoch": 1}\n{"epoch": 2}\n'
+
+
+@pytest.mark.parametrize("size", [100, HELD_BYTES + 100])
+def test_a_file_written_again_unchanged_is_left_alone_and_a_changed_one_replaced(tmp_path, size):
+    """Tune uploads every trial's files at every snapshot: the same bytes again do not
+    create a new file (the inode stays), other bytes replace it whole."""
+    fs = resolve(str(tmp_path)).filesystem
+    path = str(tmp_path / "result.json")
+    for content in (b"a" * size, b"a" * size, b"b" * size):
+        before = os.stat(path).st_ino if os.path.exists(path) else None
+        with fs.open_output_stream(path) as out:
+            out.write(content)
+        assert Path(path).read_bytes() == content
+        if content == b"a" * size and before is not None:
+            # held in memory: compared and skipped; streamed (a checkpoint): written anew
+            assert (os.stat(path).st_ino == before) is (size <= HELD_BYTES)
+    assert os.stat(path).st_ino != before  # changed bytes: a new file renamed over it
+    assert sorted(os.listdir(tmp_path)) == ["result.json"]  # no partial left behind
+
+
+def test_a_refused_bucket_read_stops_the_run_naming_the_permission_and_its_grant(fake_gcs, tmp_path):
+    """A service account with roles/storage.objectUser only: creating the experiment's
+    first directory in a fresh bucket reads the bucket's metadata, which Cloud Storage
+    refuses. `hpsearch run` exits 2 before anything starts, naming storage.buckets.get
+    and the grant that gives it; with the permission (no proxy) the same path writes."""
+    import uuid
+
+    from support import RefusingProxy, bucket_metadata_request
+
+    path = f"gs://hpsearch-test/fresh-{uuid.uuid4().hex[:8]}/experiments"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage: {{path: {path}}}\n")
+    with RefusingProxy(fake_gcs, bucket_metadata_request("hpsearch-test")) as proxy:
+        done = subprocess.run([sys.executable, "-m", "search", "run", "--config", str(config)],
+                              env={**os.environ, "HPSEARCH_GCS_ENDPOINT": proxy.endpoint}, capture_output=True,
+                              text=True, timeout=120, cwd=str(REPO))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert ("Cloud Storage refused storage.buckets.get to this workload's service account. "
+            "Grant roles/storage.legacyBucketReader on the bucket") in done.stderr, done.stderr[-2000:]
+    assert proxy.refused == [("GET", "/storage/v1/b/hpsearch-test")]
+    assert "Traceback" not in done.stderr
+    check_writable(resolve(path))  # the emulator itself, with every permission
