@@ -19,11 +19,13 @@ from search import strategies
 # The trial function of a distributed trial only waits for its workers; it must hold
 # almost nothing or on a small machine the workers never fit (0 is rejected by Ray).
 DRIVER_CPU = 0.01
-# A Ray resource that only on-demand nodes have (the chart sets this variable, and the
-# resource on its on-demand worker groups, when some group is Spot): a distributed
-# trial's function, and the Ray Train controller that runs beside it, die with their
-# node, so they ask for it and never land on a node that can be reclaimed. Unset (a
-# laptop, a cluster with no Spot groups): they go anywhere.
+# A Ray resource that only the nodes meant for trial functions have (the chart sets this
+# variable in every pod, and the resource on its cpu groups that are not Spot): a
+# distributed trial's function, and the Ray Train controller that runs beside it, only
+# wait for the trial's workers. Ray's scheduler puts a small bundle on the node with the
+# largest free share, which is an idle accelerator node whenever a trial has just ended
+# there: it would keep that node (and its bill) for the whole trial and take CPUs a
+# worker needs; on a Spot node it would die with the node. Unset (a laptop): anywhere.
 TRIAL_FUNCTION_RESOURCE_ENV = "HPSEARCH_TRIAL_FUNCTION_RESOURCE"
 TRIAL_FUNCTION_SHARE = 0.01
 

@@ -34,6 +34,7 @@ import pytest
 
 from cluster.autoscaling import autoscaling_config, plan_launch
 from search.config import load_config
+from search.resources import TRIAL_FUNCTION_RESOURCE_ENV
 from search.schedulable import trial_placement_groups
 from support import (REPO, free_port, ray_nodes_alive, scenario_raycluster, stop_process_groups, wait_for,
                      wait_in_one_process)
@@ -94,6 +95,9 @@ def autoscaling_cluster():
          f"--autoscaling-config={config_path}", "--object-store-memory=100000000", *head_params],
         env=env, stdout=open(f"{temp_dir}-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     driver_env = {k: v for k, v in env.items() if not k.startswith(("RAY_OVERRIDE", "RAY_CLOUD", "RAY_FAKE"))}
+    # the driver's pod's environment, as the chart renders it: trial functions ask for
+    # the resource only the cpu group has
+    driver_env[TRIAL_FUNCTION_RESOURCE_ENV] = pod_env(cluster)[TRIAL_FUNCTION_RESOURCE_ENV]
     address = f"127.0.0.1:{port}"
     try:
         wait_in_one_process(*ray_nodes_alive(address, 1), 120, "the head alone", driver_env)
@@ -102,6 +106,12 @@ def autoscaling_cluster():
         stop_process_groups([head])  # the fake nodes are the monitor's children, in the head's group
         shutil.rmtree(temp_dir, ignore_errors=True)
         config_path.unlink(missing_ok=True)
+
+
+def pod_env(cluster: dict) -> dict[str, str]:
+    """The head container's environment variables with plain values, as the chart renders them."""
+    container = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def alive_nodes(address: str, env: dict) -> int:
@@ -213,8 +223,9 @@ def test_every_trial_shape_scales_its_group_from_zero_and_back_and_a_lost_node_i
         accelerator = "GPU" if "GPU" in bundles[0] else "TPU"
         groups = {g for g in plan.launch if view["available_node_types"][g]["resources"].get(accelerator)}
         assert set(workers.values()) == groups and len(groups) == 1, (name, workers, plan)
-        # the trial function (0.01 CPU) runs on whichever worker node has room, never the head
-        assert records[f"{name}-trial"]["node_type"] in view["available_node_types"], (name, records)
+        # the trial function (0.01 CPU, and the trial-function resource) runs on the cpu
+        # group, never on an accelerator node (nor the head, which has no CPUs)
+        assert records[f"{name}-trial"]["node_type"] == "cpu", (name, records)
     log = monitor_log.read_text()
     for group in ("gpu", "tpu", "cpu"):
         assert re.search(rf"Adding \d+ node\(s\) of type {group}\.", log), group

@@ -1,10 +1,13 @@
 """A Spot reclaim under a running mwms trial, on Ray nodes on 127.0.0.1.
 
-The head (on-demand: it has the resource the trial function asks for, as the chart's
-on-demand groups have) and four one-CPU worker nodes, each a `ray start --block` of its
-own, with the environment the chart gives Spot pods. The search is `hpsearch run`, as a
-user starts it. Mid-epoch, the node under the trial's rank 0 gets SIGTERM, what GKE
-sends a Spot node's pod: Ray marks the node draining with a deadline
+The head (it has the resource the trial function asks for, as the chart's cpu groups
+have) and four one-CPU worker nodes, each a `ray start --block` of its own, with the
+environment the chart gives Spot pods. The search is `hpsearch run`, as a user starts
+it. Mid-epoch, the node under the trial's rank 0 is reclaimed: first through the chart's
+preStop hook alone (cluster/drain.py marks the node draining with the deadline; no
+signal reaches `ray start`, as where a pod's PID 1 drops SIGTERM), the node killed
+whole at the deadline; then by SIGTERM to `ray start`, what GKE sends a Spot node's pod,
+on which Ray marks the node draining with a deadline
 (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S) and stops it then. With checks every
 CHECK_STEPS steps the workers checkpoint the step reached, the group restarts on the
 two other nodes and resumes there: each step of the epoch is trained once. With checks
@@ -49,7 +52,7 @@ DRAIN_S = 10
 # `ray start`'s process group SIGKILLed 2 or 13 s after the notice in 3 of 4 (the
 # workers outlived it); killed whole, it restarted in every run.
 KILL_UNCHECKED_AFTER_S = 2
-ON_DEMAND = "on_demand"
+TRIAL_FUNCTIONS = "trial_functions"  # the chart's trialFunctions.resource
 PROGRESS = re.compile(r"epoch (\d+), attempt (\d+), rank (\d+): steps (\d+)-(\d+) of (\d+) trained")
 
 
@@ -110,11 +113,11 @@ def nodes():
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(TESTS),
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "TF_CPP_MIN_LOG_LEVEL": "2",
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": str(DRAIN_S), "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
-           "HPSEARCH_LOG_LEVEL": "DEBUG", TRIAL_FUNCTION_RESOURCE_ENV: ON_DEMAND}
+           "HPSEARCH_LOG_LEVEL": "DEBUG", TRIAL_FUNCTION_RESOURCE_ENV: TRIAL_FUNCTIONS}
     env.pop("RAY_ADDRESS", None)
     cluster = Nodes(env)
     try:
-        cluster.start("--num-cpus=1", f'--resources={{"{ON_DEMAND}": 1}}', head=True)
+        cluster.start("--num-cpus=1", f'--resources={{"{TRIAL_FUNCTIONS}": 1}}', head=True)
         # two nodes for a trial's workers, one to restart them on, and one that stands in
         # for the Spot pool's new node after the first reclaim: started together up front
         cluster.start("--num-cpus=1", count=4)
@@ -123,12 +126,29 @@ def nodes():
         cluster.stop()
 
 
+def prestop_command(ray_start_pid: int) -> list[str]:
+    """The preStop hook the chart renders for a Spot group's pods, run for the node whose
+    `ray start` is ``ray_start_pid`` (in a pod, that node's processes are all under PID
+    1: the rendered command's default)."""
+    from support import scenario_raycluster
+
+    cluster = scenario_raycluster("spot-values.yaml")
+    (group,) = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    command = group["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:3] == ["python", "-m", "cluster.drain"] and command[command.index("--deadline-s") + 1] == "13"
+    deadline = command.index("--deadline-s") + 1
+    return [sys.executable, *command[1:deadline], str(DRAIN_S), *command[deadline + 1:], "--node-of",
+            str(ray_start_pid)]
+
+
 def reclaim_rank_zeros_node_mid_epoch(nodes: Nodes, skip: frozenset, reclaimed: dict, stop: threading.Event,
-                                      kill_after_s: float | None) -> None:
+                                      kill_after_s: float | None, prestop: bool = False) -> None:
     """Once rank 0 has trained 3 checks' worth of steps, SIGTERM the `ray start` of the
-    node it runs on (a worker node: the trial function is on the head), and SIGKILL every
-    process of the node ``kill_after_s`` later (None: Ray stops it at the drain's
-    deadline); then keep reading the workers' files until the search ends."""
+    node it runs on (a worker node: the trial function is on the head), or with
+    ``prestop`` run the chart's preStop hook for that node and send no signal at all (a
+    pod whose PID 1 drops SIGTERM); SIGKILL every process of the node ``kill_after_s``
+    later (None: Ray stops it at the drain's deadline); then keep reading the workers'
+    files until the search ends."""
     while not stop.wait(0.5):
         if kill_after_s is not None and "signalled_at" in reclaimed and "killed_at_s" not in reclaimed \
                 and time.monotonic() - reclaimed["signalled_at"] >= kill_after_s:
@@ -139,25 +159,21 @@ def reclaim_rank_zeros_node_mid_epoch(nodes: Nodes, skip: frozenset, reclaimed: 
         if ahead and "node" not in reclaimed:
             reclaimed["at_step"] = max(line[4] for line in first)
             reclaimed["node"] = ahead[0][-1]
-            nodes.processes[reclaimed["node"]].send_signal(signal.SIGTERM)
+            if prestop:
+                hook = subprocess.run(prestop_command(nodes.processes[reclaimed["node"]].pid), env=nodes.env,
+                                      capture_output=True, text=True, timeout=60, cwd=str(TESTS.parent))
+                reclaimed["hook"] = (hook.returncode, hook.stdout + hook.stderr)
+            else:
+                nodes.processes[reclaimed["node"]].send_signal(signal.SIGTERM)
             reclaimed["signalled_at"] = time.monotonic()
 
 
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and every process descended from it, whatever their process
     groups (what a pod's end does to its container's processes)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo.extend(children.get(tree[-1], []))
-    for member in tree:
+    from cluster.drain import descendants
+
+    for member in descendants(pid):
         try:
             os.kill(member, signal.SIGKILL)
         except ProcessLookupError:
@@ -178,7 +194,8 @@ storage: {{path: {storage}}}
 """
 
 
-def run_reclaimed_search(nodes: Nodes, tmp_path: Path, check_steps: int, kill_after_s: float | None = None) -> tuple:
+def run_reclaimed_search(nodes: Nodes, tmp_path: Path, check_steps: int, kill_after_s: float | None = None,
+                         prestop: bool = False) -> tuple:
     """`hpsearch run` of one trial on the cluster, its rank 0's node reclaimed mid-epoch;
     returns the trials table's row, the history, what was reclaimed, rank 0's lines and
     Ray Train's restart decisions (decision, the budget it spent)."""
@@ -189,7 +206,7 @@ def run_reclaimed_search(nodes: Nodes, tmp_path: Path, check_steps: int, kill_af
     before = nodes.refresh()  # the earlier searches' workers
     stop = threading.Event()
     reclaimer = threading.Thread(target=reclaim_rank_zeros_node_mid_epoch,
-                                 args=(nodes, before, reclaimed, stop, kill_after_s),
+                                 args=(nodes, before, reclaimed, stop, kill_after_s, prestop),
                                  daemon=True)
     reclaimer.start()
     try:
@@ -215,10 +232,15 @@ def trained_twice(lines: list[tuple[int, ...]]) -> int:
 
 
 def test_a_reclaimed_node_costs_no_step_with_checks_and_the_epochs_steps_without(nodes, tmp_path):
-    row, history, reclaimed, lines, decisions = run_reclaimed_search(nodes, tmp_path / "checks", CHECK_STEPS)
+    """The first reclaim comes through the chart's preStop hook alone (no signal reaches
+    `ray start`, as where the pod's PID 1 drops SIGTERM), its node killed whole at the
+    drain's deadline as the kubelet would; the second by SIGTERM to `ray start`."""
+    row, history, reclaimed, lines, decisions = run_reclaimed_search(nodes, tmp_path / "checks", CHECK_STEPS,
+                                                                     kill_after_s=DRAIN_S, prestop=True)
     print(f"checks every {CHECK_STEPS}: reclaimed at step {reclaimed.get('at_step')}; restarts {decisions}; "
-          f"lines {lines}")
+          f"lines {lines}; hook {reclaimed.get('hook')}")
     assert "node" in reclaimed, "no node was reclaimed"
+    assert reclaimed["hook"][0] == 0 and "draining for preemption" in reclaimed["hook"][1], reclaimed["hook"]
     assert row["status"] == "TERMINATED", row["error"]
     # one restart. Ray Train charges it to its preemption budget when its controller acts
     # on the drain's deadline before the node's processes stop (seen in most runs), else,

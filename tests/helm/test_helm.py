@@ -248,10 +248,12 @@ BAD_ACROSS_FIELDS = {
     "topology does not split into hosts": (
         with_group("tpu", TPU_GROUP, **{"tpu.topology": "1x1"}), "workerGroups.tpu.tpu: topology 1x1",
     ),
-    "only Spot groups": ({"workerGroups": {"gpu": {**GPU_GROUP, "spot": True}, "cpu": None}}, "no group is on-demand"),
+    "only Spot groups": ({"workerGroups": {"gpu": {**GPU_GROUP, "spot": True}, "cpu": None}},
+                         "no group of type cpu without spot"),
+    "no cpu group": ({"workerGroups": {"gpu": GPU_GROUP, "cpu": None}}, "no group of type cpu without spot"),
     "a drain longer than the grace period": (
         {"workerGroups": {"gpu": {**GPU_GROUP, "spot": True}, "cpu": CPU_GROUP},
-         "spot": {"terminationGracePeriodSeconds": 15, "drainSeconds": 15, "onDemandResource": "on_demand"}},
+         "spot": {"terminationGracePeriodSeconds": 15, "drainSeconds": 15}},
         "spot.drainSeconds (15) must be below"),
 }
 
@@ -561,11 +563,9 @@ def test_pod_extras_and_group_fields_render_where_kubernetes_and_kuberay_read_th
     assert view["available_node_types"]["gpu"]["resources"]["CPU"] == 4
 
 
-def test_spot_groups_render_gkes_spot_fields_and_only_on_demand_groups_hold_trial_functions(crd_validators):
+def test_spot_groups_render_gkes_spot_fields(crd_validators):
     """A Spot group's pods go to GKE Spot nodes (selector and toleration), get the grace
-    period a reclaimed Spot pod has, and Ray drains their node for less than it; every
-    pod is told the resource that trial functions ask for, which only on-demand groups
-    advertise (the autoscaler's own view of it: test_autoscaling.py)."""
+    period a reclaimed Spot pod has, and Ray drains their node for less than it."""
     cluster = cluster_of(yaml.safe_load((CHART / "ci" / "spot-values.yaml").read_text()))
     assert not list(crd_validators["RayCluster"].iter_errors(cluster))
     groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
@@ -576,27 +576,57 @@ def test_spot_groups_render_gkes_spot_fields_and_only_on_demand_groups_hold_tria
                 "effect": "NoSchedule"} in pod["tolerations"]
         env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
         assert int(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]) < pod["terminationGracePeriodSeconds"] == 15
-        assert "resources" not in groups[name]["rayStartParams"]
+        # the node drains itself before the kubelet's SIGTERM, whatever PID 1 does with it
+        assert pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == [
+            "python", "-m", "cluster.drain", "--deadline-s", env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]]
     cpu = groups["cpu"]["template"]["spec"]
+    assert "lifecycle" not in cpu["containers"][0]
     assert "cloud.google.com/gke-spot" not in (cpu.get("nodeSelector") or {}) and "terminationGracePeriodSeconds" not in cpu
-    assert groups["cpu"]["rayStartParams"]["resources"] == '"{\\"on_demand\\": 1000}"'
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)
+def test_in_every_scenario_only_cpu_groups_not_on_spot_hold_trial_functions(scenario):
+    """Trial functions (and Ray Train's controllers beside them) ask for a resource that
+    only the cpu groups that are not Spot advertise, whether or not a Spot group exists:
+    an idle accelerator node never takes one (it would keep the node up and take CPUs a
+    worker needs), nor does a Spot node (it would die with it). Every pod is told the
+    resource to ask for. (The autoscaler's own view of it: tests/cluster/test_autoscaling.py.)"""
+    cluster = cluster_of(yaml.safe_load(scenario.read_text()))
+    hosts = 0
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        spot = (pod.get("nodeSelector") or {}).get("cloud.google.com/gke-spot") == "true"
+        accelerator = any(k in pod["containers"][0]["resources"]["limits"] for k in ("nvidia.com/gpu", "google.com/tpu"))
+        if accelerator or spot:
+            assert "resources" not in group["rayStartParams"], group["groupName"]
+        else:
+            assert group["rayStartParams"]["resources"] == '"{\\"trial_functions\\": 1000}"', group["groupName"]
+            hosts += 1
+    assert hosts >= 1
     for _, template in pod_templates(cluster):
         env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
-        assert env["HPSEARCH_TRIAL_FUNCTION_RESOURCE"] == "on_demand"
+        assert env["HPSEARCH_TRIAL_FUNCTION_RESOURCE"] == "trial_functions"
         assert env["RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S"] == "1"
-    # a cluster with no Spot group is as before: no resource asked, none advertised
-    plain = cluster_of(yaml.safe_load((CHART / "ci" / "gke-values.yaml").read_text()))
-    for group in plain["spec"]["workerGroupSpecs"]:
-        assert "resources" not in group["rayStartParams"]
-        env = {e["name"] for e in group["template"]["spec"]["containers"][0]["env"]}
-        assert "HPSEARCH_TRIAL_FUNCTION_RESOURCE" not in env
 
 
-def test_an_on_demand_groups_own_ray_resources_are_refused_not_overwritten():
-    """With a Spot group present the chart sets each on-demand group's Ray resources to
-    the trial functions' resource; a user's own rayStartParams.resources there would be
-    silently replaced, so the render fails naming the field and the way to keep both."""
-    values = yaml.safe_load((CHART / "ci" / "spot-values.yaml").read_text())
-    values["workerGroups"]["cpu"]["rayStartParams"] = {"resources": '"{\\"mine\\": 1}"'}
-    with pytest.raises(helm.HelmError, match=r"workerGroups.cpu.rayStartParams.resources: with a Spot group"):
+def test_a_trial_function_hosts_own_ray_resources_are_refused_not_overwritten():
+    """The chart sets the Ray resources of each group that hosts trial functions; a
+    user's own rayStartParams.resources there would be silently replaced, so the render
+    fails naming the field and the way to keep both."""
+    values = yaml.safe_load((CHART / "ci" / "gke-values.yaml").read_text())
+    values["workerGroups"]["cpu"] = {**values["workerGroups"].get("cpu", {}), "rayStartParams": {"resources": '"{\\"mine\\": 1}"'}}
+    with pytest.raises(helm.HelmError, match=r"workerGroups.cpu.rayStartParams.resources: the chart sets"):
         render(values)
+
+
+def test_a_trial_function_hosts_own_group_resources_keep_the_trial_functions_resource(crd_validators):
+    """KubeRay 1.7 starts a group's Ray with its top-level resources field instead of
+    rayStartParams.resources: set there, they still carry the trial functions' resource."""
+    values = yaml.safe_load((CHART / "ci" / "gke-values.yaml").read_text())
+    values["workerGroups"]["cpu"] = {**values["workerGroups"].get("cpu", {}), "resources": {"custom": "2"}}
+    cluster = cluster_of(values)
+    assert not list(crd_validators["RayCluster"].iter_errors(cluster))
+    (cpu,) = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "cpu"]
+    assert cpu["resources"] == {"custom": "2", "trial_functions": "1000"}
+    others = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] != "cpu"]
+    assert all("trial_functions" not in (g.get("resources") or {}) for g in others)

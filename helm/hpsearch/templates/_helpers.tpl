@@ -159,11 +159,10 @@ Kubernetes API, as the autoscaler does, to refuse trials no group can hold). */}
 # Ray Train asks Ray for draining nodes this often (default 5 s): a Spot notice is ~15 s.
 - name: RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S
   value: "1"
-{{- if include "hpsearch.anySpot" . }}
-# Distributed trials' functions ask for this resource, which only on-demand groups have.
+# Distributed trials' functions ask for this resource, which only the groups that host
+# them have (hpsearch.hostsTrialFunctions).
 - name: HPSEARCH_TRIAL_FUNCTION_RESOURCE
-  value: {{ .Values.spot.onDemandResource | quote }}
-{{- end }}
+  value: {{ .Values.trialFunctions.resource | quote }}
 {{- end }}
 
 {{/* "true" when some worker group is Spot, else empty. */}}
@@ -171,7 +170,16 @@ Kubernetes API, as the autoscaler does, to refuse trials no group can hold). */}
 {{- range $name, $group := .Values.workerGroups }}{{- if $group.spot }}true{{- end }}{{- end }}
 {{- end }}
 
-{{/* "true" when some worker group is on-demand, else empty. */}}
-{{- define "hpsearch.anyOnDemand" -}}
-{{- range $name, $group := .Values.workerGroups }}{{- if not $group.spot }}true{{- end }}{{- end }}
+{{/* "true" when a worker group (the group's values) hosts trial functions: a cpu group
+that is not Spot. A distributed trial's function only waits for its workers, and Ray
+Train's controller runs beside it: on an accelerator node it would keep that node (and
+its bill) for the whole trial and take CPUs its workers need; on a Spot node it would
+die with the node. */}}
+{{- define "hpsearch.hostsTrialFunctions" -}}
+{{- if and (eq .type "cpu") (not .spot) }}true{{- end }}
+{{- end }}
+
+{{/* "true" when some worker group hosts trial functions, else empty. */}}
+{{- define "hpsearch.anyTrialFunctionHost" -}}
+{{- range $name, $group := .Values.workerGroups }}{{- include "hpsearch.hostsTrialFunctions" $group }}{{- end }}
 {{- end }}
