@@ -192,8 +192,8 @@ def test_every_tpu_shape_shipped_is_accepted_by_ray_train():
 
 def test_readme_node_pools_start_at_zero_and_tpu_pools_name_their_zone():
     """The quickstart's step 1, and its Spot variant: accelerator pools start with no node
-    (gcloud's default is 3 per zone) and the TPU pool names the zone that has v6e (one
-    zone of us-central1); the Spot pools are Spot and carry the taint the chart's Spot
+    (gcloud's default is 3 per zone), the TPU pool names the zone that has v6e (one
+    zone of us-central1) and the L4 pools the zones that have L4s; the Spot pools are Spot and carry the taint the chart's Spot
     groups tolerate."""
     gke = GKE_GUIDE[GKE_GUIDE.index("## GKE quickstart"):GKE_GUIDE.index("### What the miniature cluster test proves")]
     commands = [" ".join(c.replace("\\\n", " ").split()) for c in re.findall(
@@ -206,6 +206,8 @@ def test_readme_node_pools_start_at_zero_and_tpu_pools_name_their_zone():
         assert "--num-nodes 0" in command and "--min-nodes 0" in command, command
         if "--tpu-topology" in command:
             assert re.search(r"--node-locations us-central1-[a-f]\b", command), command
+        else:  # g2 machines are not in every zone of a region: the pool names those that have them
+            assert "--node-locations L4_ZONES" in command and "L4_ZONES" in gke.split("```")[0], command
 
 
 @pytest.fixture

@@ -630,3 +630,14 @@ def test_a_trial_function_hosts_own_group_resources_keep_the_trial_functions_res
     assert cpu["resources"] == {"custom": "2", "trial_functions": "1000"}
     others = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] != "cpu"]
     assert all("trial_functions" not in (g.get("resources") or {}) for g in others)
+
+
+def test_the_rayclusters_own_labels_carry_kueues_queue(crd_validators):
+    """Kueue admits the RayCluster by the queue label on the object itself."""
+    values = yaml.safe_load((CHART / "ci" / "gke-values.yaml").read_text())
+    values["rayCluster"] = {"labels": {"kueue.x-k8s.io/queue-name": "ml"}, "annotations": {"team": "vision"}}
+    cluster = cluster_of(values)
+    assert not list(crd_validators["RayCluster"].iter_errors(cluster))
+    assert cluster["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "ml"
+    assert cluster["metadata"]["annotations"] == {"team": "vision"}
+    assert "annotations" not in cluster_of(yaml.safe_load((CHART / "ci" / "gke-values.yaml").read_text()))["metadata"]
