@@ -101,7 +101,8 @@ def main() -> int:
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if saved.get("commits") != commits:
         saved = {}
-    results = {"benchmark": "quickstart", "machine": machine(), "commits": commits, "tree_at_start": stamp(),
+    results = {"benchmark": "quickstart", "machine": machine(), "commits": commits,
+               "tree_at_start": saved.get("tree_at_start", stamp()),  # the first sitting's
                "started": saved.get("started", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())),
                "runs": saved.get("runs", [])}
     worktrees = {arm: tempfile.mkdtemp(prefix=f"hpsearch-{arm}-") for arm in commits}
@@ -122,12 +123,18 @@ def main() -> int:
     finally:
         for path in worktrees.values():
             git("worktree", "remove", "--force", path)
+    # ASHA's stops depend on the order two concurrent trials' results arrive, so runs of
+    # the same search may train different numbers of epochs: the wall time per epoch
+    # trained compares them like with like as well.
     walls = {arm: [r["wall_s"] for r in results["runs"] if r["arm"] == arm] for arm in commits}
+    per_epoch = {arm: [r["wall_s"] / r["epochs"] for r in results["runs"] if r["arm"] == arm] for arm in commits}
     results["median_wall_s"] = {arm: median(values) for arm, values in walls.items()}
+    results["median_s_per_epoch"] = {arm: round(median(values), 3) for arm, values in per_epoch.items()}
     results["speedup"] = round(results["median_wall_s"]["base"] / results["median_wall_s"]["head"], 3)
+    results["speedup_per_epoch"] = round(results["median_s_per_epoch"]["base"] / results["median_s_per_epoch"]["head"], 3)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"median wall: base {results['median_wall_s']['base']:.0f} s, head {results['median_wall_s']['head']:.0f} s: "
-          f"{results['speedup']:.2f}x")
+          f"{results['speedup']:.2f}x; per epoch trained {results['speedup_per_epoch']:.2f}x")
     return 0
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -51,7 +52,10 @@ def rendered_cluster() -> dict:
 
 
 def start_params(params: dict) -> list[str]:
-    return [f"--{key}={value}" for key, value in params.items() if key != "dashboard-host"]
+    """``ray start`` arguments from rayStartParams, as KubeRay's bash command line passes
+    them (a value may carry its own shell quoting: the chart's resources JSON does)."""
+    return [arg for key, value in params.items() if key != "dashboard-host"
+            for arg in shlex.split(f"--{key}={value}")]
 
 
 @pytest.fixture(scope="module")

@@ -195,11 +195,11 @@ storage: {{path: {storage}}}
 
 
 def run_reclaimed_search(nodes: Nodes, tmp_path: Path, check_steps: int, kill_after_s: float | None = None,
-                         prestop: bool = False) -> tuple:
+                         prestop: bool = False, n_train: int = 3000) -> tuple:
     """`hpsearch run` of one trial on the cluster, its rank 0's node reclaimed mid-epoch;
     returns the trials table's row, the history, what was reclaimed, rank 0's lines and
     Ray Train's restart decisions (decision, the budget it spent)."""
-    data = write_colour_batches(tmp_path / "colours", n_train=3000, n_test=100)
+    data = write_colour_batches(tmp_path / "colours", n_train=n_train, n_test=100)
     config = tmp_path / "spot.yaml"
     config.write_text(CONFIG.format(data=data, per_call=PER_CALL, checks=check_steps, storage=tmp_path / "exp"))
     reclaimed: dict = {}
@@ -235,8 +235,10 @@ def test_a_reclaimed_node_costs_no_step_with_checks_and_the_epochs_steps_without
     """The first reclaim comes through the chart's preStop hook alone (no signal reaches
     `ray start`, as where the pod's PID 1 drops SIGTERM), its node killed whole at the
     drain's deadline as the kubelet would; the second by SIGTERM to `ray start`."""
+    # the hook is a Python process of its own (Ray's import: a second or more here), so its
+    # run has an epoch twice as long, for the notice to come while it trains
     row, history, reclaimed, lines, decisions = run_reclaimed_search(nodes, tmp_path / "checks", CHECK_STEPS,
-                                                                     kill_after_s=DRAIN_S, prestop=True)
+                                                                     kill_after_s=DRAIN_S, prestop=True, n_train=6000)
     print(f"checks every {CHECK_STEPS}: reclaimed at step {reclaimed.get('at_step')}; restarts {decisions}; "
           f"lines {lines}; hook {reclaimed.get('hook')}")
     assert "node" in reclaimed, "no node was reclaimed"
