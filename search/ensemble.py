@@ -134,10 +134,6 @@ class Option:
     weights: tuple[int, ...]
     views: int
 
-    @property
-    def size(self) -> int:
-        return sum(1 for w in self.weights if w)
-
 
 def choose(options: list[Option], val_scores: list[tuple[float, float]]) -> Option:
     """The option best on validation; ties go to the earlier (the simpler) one."""
@@ -224,7 +220,11 @@ class EnsembleResult:
     directory: str
     chosen: Option
     library: int  # checkpoints selection chose from
-    best_alone: bool  # nothing beat the best member on validation
+
+    @property
+    def best_alone(self) -> bool:
+        """Nothing beat the best member on validation."""
+        return self.chosen.name == "best member"
 
 
 def options_of(val: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray, views: int,
@@ -297,16 +297,17 @@ def build(
         val_by_index = dict(enumerate(val))
         val_scores = [score(probs_of(o, val_by_index), data.val.labels) for o in options]
         chosen = choose(options, val_scores)
-        best_alone = chosen.name == "best member"
 
         # The test split, read once, now that every choice is made: the members of any
-        # option, reloaded one at a time.
+        # option, reloaded one at a time; the chosen option's are kept for the saved model.
         needed = sorted({i for o in options for i, w in enumerate(o.weights) if w})
         test = load_test(library[0].spec.data.dataset)
         test_preds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         with tqdm(total=len(needed) * n, desc="test", unit="view", disable=not progress) as bar:
             for i in needed:
                 model = ckpt.load_model(library[i].directory)
+                if chosen.weights[i]:
+                    library[i].model = model
                 per_view = predict_views(model, test.images, chosen_views)
                 test_preds[i] = (per_view[0], per_view.mean(axis=0))
                 bar.update(n)
@@ -326,13 +327,12 @@ def build(
         members = []
         for i, w in enumerate(chosen.weights):
             if w:
-                library[i].model = ckpt.load_model(library[i].directory)
                 library[i].model.name = f"member_{len(members)}"
                 library[i].weight = w
                 members.append(library[i])
         directory = location.join(experiment, ENSEMBLE_DIR)
         result = EnsembleResult(members=members, rows=rows, directory=directory, chosen=chosen,
-                                library=len(library), best_alone=best_alone)
+                                library=len(library))
         save(location, result, scratch=Path(scratch))
         return result
 

@@ -182,18 +182,22 @@ class _PublishOnClose(io.RawIOBase):
         data = self._held.getvalue() if self._held is not None else None
         if data is not None and self._unchanged(data):
             return
-        if self._file is None:
-            self._spill()
-        self._file.close()
         name = os.path.basename(self._target)
         if any(fnmatch.fnmatch(name, pattern) for pattern in SNAPSHOT_FILES):
-            with open(self._partial, "rb") as written:
-                problem = unreadable(written.read())
+            if data is None:  # streamed to its partial file: read it back
+                self._file.close()
+                with open(self._partial, "rb") as written:
+                    data = written.read()
+            problem = unreadable(data)
             if problem:
-                os.remove(self._partial)
+                if self._partial is not None:
+                    os.remove(self._partial)
                 log.warning("not replacing %s with a copy that cannot be read (%s); it keeps the last whole one",
                             self._target, problem)
                 return
+        if self._file is None:
+            self._spill()
+        self._file.close()
         # rename is atomic on POSIX; no fsync: the fault guarded against is a killed
         # process (a driver, a trial), not a machine losing power
         os.replace(self._partial, self._target)
